@@ -1,0 +1,68 @@
+"""module14's command line: one LightningCLI for every model and dataset.
+
+    module14 fit --config configs/vit_mnist.yaml
+    python cli.py fit --model ViTClassifier --data MNISTDataModule --trainer.max_epochs 1
+    module14 predict --config configs/vit_mnist.yaml --ckpt_path runs/.../last.ckpt
+
+Sizes that depend on the data (image shape, number of classes) are linked from the datamodule to the model, so they
+are never typed twice. W&B runs offline unless ``WANDB_MODE=online`` (or the logger's ``mode: online``) says otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
+
+import lightning_modules  # noqa: F401  (registers the model classes for --model ShortName)
+from datamodules import ImageDataModule
+
+
+class RunConfigSaver(SaveConfigCallback):
+    """Saves the run's full config as ``config.yaml`` beside its checkpoints and into the logger's run config.
+
+    Lightning's default writes ``config.yaml`` into ``trainer.log_dir``; with W&B that is the same folder for every
+    run, so the second run aborts ("config.yaml exists"). Here each run's file lands in its own checkpoint folder.
+    """
+
+    def __init__(self, parser: LightningArgumentParser, config, **kwargs) -> None:
+        super().__init__(parser, config, save_to_log_dir=False, **kwargs)
+
+    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        for logger in trainer.loggers:
+            logger.log_hyperparams({"config": self.config.clone().as_dict()})
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        checkpoint = trainer.checkpoint_callback
+        if trainer.is_global_zero and checkpoint is not None and getattr(checkpoint, "dirpath", None):
+            folder = Path(checkpoint.dirpath)
+            folder.mkdir(parents=True, exist_ok=True)
+            self.parser.save(self.config, str(folder / self.config_filename), skip_none=False, overwrite=True)
+
+
+class Module14CLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # A link whose target the chosen model lacks is skipped, so every family shares these.
+        parser.link_arguments("data.dims", "model.init_args.image_shape", apply_on="instantiate")
+        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.normalization", "model.init_args.normalization", apply_on="instantiate")
+
+
+def main(args: ArgsType = None, run: bool = True) -> Module14CLI:
+    os.environ.setdefault("WANDB_MODE", "offline")  # no account or network needed; WANDB_MODE=online to sync
+    return Module14CLI(
+        model_class=L.LightningModule,
+        datamodule_class=ImageDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_callback=RunConfigSaver,
+        seed_everything_default=42,
+        args=args,
+        run=run,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,278 @@
+"""One base class for the three image datasets: data root, integrity policy, splits, transforms and loaders.
+
+A subclass names its torchvision dataset, the files it needs on disk (with torchvision's md5 where torchvision has
+one), its native geometry and its augmentations; everything else lives here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision.transforms import v2
+
+DATA_DIR_ENV = "MODULE14_DATA_DIR"
+
+# What the pixels are scaled to, per use: classifiers want standardised inputs, Bernoulli VAEs [0, 1],
+# GANs (Tanh generators) and diffusion [-1, 1].
+Normalization = Literal["mean_std", "zero_one", "minus_one_one"]
+Augment = Literal["none", "basic", "strong"]
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The data root does not hold the dataset and it could not be downloaded."""
+
+
+class DatasetIntegrityError(RuntimeError):
+    """The files are present but differ from the checksums torchvision publishes."""
+
+
+def default_data_dir() -> str:
+    return os.environ.get(DATA_DIR_ENV, "./data")
+
+
+def md5sum(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Train/val/test/predict loaders for an image dataset in torchvision's on-disk layout.
+
+    Args:
+        data_dir: data root holding the dataset in torchvision's layout. Default: ``$MODULE14_DATA_DIR``, else ``./data``.
+        download: download the dataset when its files are missing (needs a network).
+        verify_integrity: refuse files whose md5 differs from torchvision's. Set ``false`` to load a partial or
+            manually assembled copy anyway (a warning says which files differ).
+        image_size: side of the square images served; ``None`` keeps the dataset's native size.
+        normalization: ``mean_std`` (standardised, for classifiers), ``zero_one`` ([0, 1], Bernoulli VAEs) or
+            ``minus_one_one`` ([-1, 1], GANs and diffusion).
+        augment: training augmentation: ``none``, ``basic`` (dataset-specific crop/flip) or ``strong`` (basic plus
+            TrivialAugment). Validation, test and predict data are never augmented.
+        val_size: images held out of the training split for validation: a count, or a fraction if < 1.
+        seed: seed of the train/val split (independent of the training seed).
+        predict_size: how many test images the ``predict`` split serves (``None``: all of them).
+    """
+
+    # Set by subclasses.
+    dataset_name: str = ""
+    channels: int = 0
+    native_size: int = 0
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    full_sizes: dict[str, int] = {}  # split sizes of the complete dataset, to say when a copy is partial
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        download: bool = True,
+        verify_integrity: bool = True,
+        image_size: int | None = None,
+        normalization: Normalization = "mean_std",
+        augment: Augment = "none",
+        val_size: int | float = 0.1,
+        seed: int = 42,
+        batch_size: int = 128,
+        num_workers: int = 2,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        predict_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        if persistent_workers and num_workers == 0:
+            raise ValueError("persistent_workers=true needs num_workers > 0; set data.num_workers or turn it off.")
+        if val_size < 0 or (isinstance(val_size, float) and val_size >= 1):
+            raise ValueError(f"val_size={val_size}: give a count of images or a fraction in [0, 1).")
+        if image_size is not None and image_size <= 0:
+            raise ValueError(f"image_size={image_size} must be positive (or null for the native size).")
+        self.save_hyperparameters()
+        self.data_dir = Path(data_dir if data_dir is not None else default_data_dir()).expanduser()
+        self.download = download
+        self.verify_integrity = verify_integrity
+        self.image_size = image_size or self.native_size
+        self.normalization = normalization
+        self.augment = augment
+        self.val_size = val_size
+        self.seed = seed
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.predict_size = predict_size
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+        self.predict_set: Dataset | None = None
+
+    # ----------------------------------------------------------------------------------------- what a model needs
+    @property
+    def dims(self) -> tuple[int, int, int]:
+        """(channels, height, width) of the images served."""
+        return (self.channels, self.image_size, self.image_size)
+
+    @property
+    def num_classes(self) -> int | None:
+        """Number of classes for single-label classification, ``None`` where the dataset has no such labels."""
+        return None
+
+    # --------------------------------------------------------------------------------------- subclass interface
+    def required_files(self) -> dict[str, str | None]:
+        """Paths (relative to ``data_dir``) the dataset needs, each with torchvision's md5 or ``None``."""
+        raise NotImplementedError
+
+    def download_dataset(self) -> None:
+        """Fetch the dataset into ``data_dir`` with torchvision's own download code."""
+        raise NotImplementedError
+
+    def make_dataset(self, train: bool, transform: v2.Transform) -> Dataset:
+        """The torchvision dataset for the training (``train=True``) or test split."""
+        raise NotImplementedError
+
+    def geometry_transforms(self) -> list[v2.Transform]:
+        """Crop/pad/resize from the native images to ``image_size``."""
+        if self.image_size == self.native_size:
+            return []
+        return [v2.Resize(self.image_size, antialias=True)]
+
+    def basic_augmentations(self) -> list[v2.Transform]:
+        return [v2.RandomCrop(self.image_size, padding=self.image_size // 8)]
+
+    # ------------------------------------------------------------------------------------------- file checks
+    def missing_files(self) -> list[str]:
+        return [rel for rel in self.required_files() if not (self.data_dir / rel).exists()]
+
+    def mismatched_files(self) -> list[str]:
+        return [
+            rel
+            for rel, md5 in self.required_files().items()
+            if md5 is not None and (self.data_dir / rel).is_file() and md5sum(self.data_dir / rel) != md5
+        ]
+
+    def _not_found_error(self, missing: list[str], cause: BaseException | None) -> DatasetNotFoundError:
+        how = (
+            f"the download failed ({type(cause).__name__}: {cause})"
+            if cause is not None
+            else "download is off (data.download=false)"
+        )
+        return DatasetNotFoundError(
+            f"{self.dataset_name} not found under data root '{self.data_dir.resolve()}' and {how}.\n"
+            f"Missing: {', '.join(missing)}.\n"
+            f"Fix: point data.data_dir (or the {DATA_DIR_ENV} environment variable) at a folder holding these files "
+            f"in torchvision's layout, or run once with data.download=true on a machine with a network."
+        )
+
+    def prepare_data(self) -> None:
+        """Download on one process per node when files are missing; turn network errors into a clear message."""
+        missing = self.missing_files()
+        if not missing:
+            return
+        if not self.download:
+            raise self._not_found_error(missing, None)
+        try:
+            self.download_dataset()
+        except Exception as err:  # urllib/HTTP/SSL/checksum errors all mean the same thing to the user
+            raise self._not_found_error(missing, err) from err
+
+    def check_files(self) -> None:
+        missing = self.missing_files()
+        if missing:
+            raise self._not_found_error(missing, None)
+        mismatched = self.mismatched_files()
+        if not mismatched:
+            return
+        what = f"{len(mismatched)} file(s) under '{self.data_dir}' differ from torchvision's md5: {', '.join(mismatched)}"
+        if self.verify_integrity:
+            raise DatasetIntegrityError(
+                f"{self.dataset_name}: {what}. The copy is corrupted, partial or assembled by hand. Re-download it "
+                f"(data.download=true after deleting those files), or load it as it is with data.verify_integrity=false."
+            )
+        warnings.warn(
+            f"{self.dataset_name}: {what}; loading them anyway (verify_integrity=false). Results are not comparable "
+            f"with published numbers on the full dataset.",
+            stacklevel=2,
+        )
+
+    # -------------------------------------------------------------------------------------------- transforms
+    def _to_range(self) -> list[v2.Transform]:
+        to_float = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+        if self.normalization == "mean_std":
+            return to_float + [v2.Normalize(self.mean, self.std)]
+        if self.normalization == "minus_one_one":
+            return to_float + [v2.Normalize([0.5] * self.channels, [0.5] * self.channels)]
+        return to_float
+
+    def train_transform(self) -> v2.Transform:
+        augment: list[v2.Transform] = []
+        if self.augment in ("basic", "strong"):
+            augment += self.basic_augmentations()
+        if self.augment == "strong":
+            augment.append(v2.TrivialAugmentWide())
+        return v2.Compose(self.geometry_transforms() + augment + self._to_range())
+
+    def eval_transform(self) -> v2.Transform:
+        return v2.Compose(self.geometry_transforms() + self._to_range())
+
+    # ---------------------------------------------------------------------------------------------- splits
+    def _num_val(self, n_train: int) -> int:
+        n_val = round(self.val_size * n_train) if isinstance(self.val_size, float) else self.val_size
+        if n_val >= n_train:
+            raise ValueError(
+                f"val_size={self.val_size} leaves no training images: the training split has {n_train}. Lower data.val_size."
+            )
+        return n_val
+
+    def setup(self, stage: str | None = None) -> None:
+        self.check_files()
+        if stage in (None, "fit", "validate") and self.train_set is None:
+            train_full = self.make_dataset(train=True, transform=self.train_transform())
+            val_full = self.make_dataset(train=True, transform=self.eval_transform())
+            self._warn_if_partial("train", len(train_full))
+            n_val = self._num_val(len(train_full))
+            order = torch.randperm(len(train_full), generator=torch.Generator().manual_seed(self.seed)).tolist()
+            self.train_set = Subset(train_full, order[n_val:])
+            self.val_set = Subset(val_full, order[:n_val])
+        if stage in (None, "test", "predict") and self.test_set is None:
+            self.test_set = self.make_dataset(train=False, transform=self.eval_transform())
+            self._warn_if_partial("test", len(self.test_set))
+            n_predict = len(self.test_set) if self.predict_size is None else min(self.predict_size, len(self.test_set))
+            self.predict_set = Subset(self.test_set, range(n_predict))
+
+    def _warn_if_partial(self, split: str, n: int) -> None:
+        full = self.full_sizes.get(split)
+        if full is not None and n != full:
+            warnings.warn(f"{self.dataset_name} {split} split has {n} images (the full dataset has {full}).", stacklevel=2)
+
+    # --------------------------------------------------------------------------------------------- loaders
+    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("call setup() before asking for a dataloader")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.predict_set, shuffle=False)

@@ -1,0 +1,163 @@
+"""Callbacks shared by every model: image grids during validation, and writers for ``predict``.
+
+``ImageSampler`` works with any LightningModule that implements
+
+    def sample_images(self, images: Tensor, generator: torch.Generator) -> dict[str, Tensor]
+
+taking a fixed batch of validation images (in the data's range) and a seeded generator (so prior samples use the same
+noise every epoch), and returning named image sets in [0, 1], each (N, C, H, W) or (rows, cols, C, H, W).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.distributed as dist
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+from torch import Tensor
+
+from lightning_modules.images import image_grid, log_image, save_png
+
+
+def _writable_dir(path: str | Path) -> Path:
+    """Create ``path`` and check it can be written, with a message that says what to change."""
+    folder = Path(path).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write_test_{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(
+            f"cannot write predictions to '{folder}' ({err.strerror}). Point the writer's output_dir "
+            f"(--trainer.callbacks ... output_dir=...) at a folder you can write."
+        ) from err
+    return folder
+
+
+def _gather(rows: list[Any]) -> list[Any]:
+    """All ranks' rows on every rank (a no-op in one process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return rows
+    gathered: list[list[Any]] = [[] for _ in range(dist.get_world_size())]
+    dist.all_gather_object(gathered, rows)
+    return [row for part in gathered for row in part]
+
+
+class ImageSampler(Callback):
+    """Logs the module's ``sample_images`` grids every ``every_n_epochs`` validation epochs, on rank 0.
+
+    Args:
+        num_images: images taken from the first validation batch (and prior samples drawn) per grid.
+        seed: seed of the generator handed to the module: the same noise every epoch.
+        every_n_epochs: log every n-th validation epoch.
+    """
+
+    def __init__(self, num_images: int = 64, seed: int = 0, every_n_epochs: int = 1) -> None:
+        super().__init__()
+        self.num_images = num_images
+        self.seed = seed
+        self.every_n_epochs = every_n_epochs
+        self.images: Tensor | None = None
+        self.logged: dict[str, list[str]] = {}
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not callable(getattr(pl_module, "sample_images", None)):
+            raise TypeError(
+                f"ImageSampler needs a model with a sample_images(images, generator) method; "
+                f"{type(pl_module).__name__} has none. Remove ImageSampler from trainer.callbacks for this model."
+            )
+
+    def on_validation_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if self.images is None and batch_idx == 0 and dataloader_idx == 0:
+            images = batch[0] if isinstance(batch, (list, tuple)) else batch
+            self.images = images[: self.num_images].detach().clone()
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or self.images is None:
+            return
+        if (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+        was_training = pl_module.training
+        pl_module.eval()
+        with torch.no_grad():
+            panels = pl_module.sample_images(self.images.to(pl_module.device), generator)
+        pl_module.train(was_training)
+        for name, images in panels.items():
+            self.logged[name] = log_image(trainer, f"samples/{name}", image_grid(images))
+
+
+class ImageWriter(BasePredictionWriter):
+    """Writes what ``predict_step`` returns, images (N, C, H, W) in [0, 1], as numbered PNGs plus a grid.
+
+    Every rank writes its own images (file names are dataset indices, so none is written twice); rank 0 writes
+    ``grid.png`` of the first ``grid_size`` images it produced.
+    """
+
+    def __init__(self, output_dir: str = "outputs/samples", grid_size: int = 64) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = Path(output_dir)
+        self.grid_size = grid_size
+        self._grid: list[Tensor] = []
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "predict":
+            self.output_dir = _writable_dir(self.output_dir)
+
+    def write_on_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Tensor, batch_indices: Any,
+        batch: Any, batch_idx: int, dataloader_idx: int,
+    ) -> None:
+        for index, image in zip(batch_indices, prediction):
+            save_png(image, self.output_dir / f"{index:06d}.png")
+        if sum(len(g) for g in self._grid) < self.grid_size:
+            self._grid.append(prediction.detach().cpu())
+
+    def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and self._grid:
+            save_png(image_grid(torch.cat(self._grid)[: self.grid_size]), self.output_dir / "grid.png")
+        self._grid = []
+
+
+class ClassificationWriter(BasePredictionWriter):
+    """Writes ``predict`` results of a classifier to one CSV: index, label, predicted class, class probabilities.
+
+    ``predict_step`` returns ``{"pred": (B,), "probs": (B, K), "label": (B,)}``. Rows from all ranks are gathered and
+    rank 0 writes them sorted by dataset index: one row per image.
+    """
+
+    def __init__(self, output_file: str = "outputs/predictions.csv") -> None:
+        super().__init__(write_interval="epoch")
+        self.output_file = Path(output_file)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "predict":
+            _writable_dir(self.output_file.parent)
+
+    def write_on_epoch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, predictions: list[dict[str, Tensor]],
+        batch_indices: list[list[int]],
+    ) -> None:
+        rows = []
+        for output, indices in zip(predictions, batch_indices):
+            for i, index in enumerate(indices):
+                probs = output["probs"][i].tolist()
+                rows.append([index, int(output["label"][i]), int(output["pred"][i])] + [f"{p:.6f}" for p in probs])
+        rows = _gather(rows)
+        if not trainer.is_global_zero:
+            return
+        rows.sort(key=lambda row: row[0])
+        num_classes = len(rows[0]) - 3 if rows else 0
+        with open(self.output_file, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["index", "label", "prediction"] + [f"prob_{k}" for k in range(num_classes)])
+            writer.writerows(rows)

@@ -1,0 +1,100 @@
+"""ViT image classifier: cross-entropy, AdamW with warm-up + cosine decay, torchmetrics accuracy."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_modules.optim import decay_groups, warmup_cosine
+from networks.vit import VisionTransformer
+
+
+class ViTClassifier(L.LightningModule):
+    """Vision Transformer trained with cross-entropy.
+
+    ``image_shape`` and ``num_classes`` come from the datamodule when run through the CLI. The network defaults are
+    ViT-B/16; the configs use small ViTs for MNIST and CIFAR-10.
+
+    Args:
+        image_shape: (channels, height, width) of the input images.
+        num_classes: number of classes.
+        patch_size, embed_dim, depth, num_heads, mlp_ratio, dropout: the ``VisionTransformer`` arguments.
+        label_smoothing: cross-entropy label smoothing in [0, 1).
+        lr: peak AdamW learning rate; weight_decay: AdamW decay on weight matrices only.
+        warmup_fraction: fraction of all training steps spent in linear warm-up before the cosine decay.
+    """
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int] = (3, 224, 224),
+        num_classes: int = 1000,
+        patch_size: int = 16,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.1,
+        label_smoothing: float = 0.0,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        warmup_fraction: float = 0.05,
+    ) -> None:
+        super().__init__()
+        if num_classes is None or num_classes < 2:
+            raise ValueError(
+                f"ViTClassifier needs a dataset with single-label classes (num_classes={num_classes}); "
+                f"use MNISTDataModule or CIFAR10DataModule."
+            )
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1).")
+        self.save_hyperparameters()
+        channels, height, width = image_shape
+        if height != width:
+            raise ValueError(f"ViT expects square images, got {height}x{width}.")
+        self.net = VisionTransformer(
+            img_size=height, patch_size=patch_size, in_channels=channels, num_classes=num_classes,
+            embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout,
+        )
+        metrics = {"acc": MulticlassAccuracy(num_classes, top_k=1)}
+        if num_classes >= 5:
+            metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5)
+        self.train_metrics = MetricCollection(metrics, prefix="train/")
+        self.val_metrics = self.train_metrics.clone(prefix="val/")
+        self.test_metrics = self.train_metrics.clone(prefix="test/")
+        self.example_input_array = torch.zeros(2, *image_shape)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)  # (B, num_classes) logits
+
+    def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str, metrics: MetricCollection) -> Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
+        metrics.update(logits, y)
+        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, sync_dist=True)
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
+        return loss
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train", self.train_metrics)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "val", self.val_metrics)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "test", self.test_metrics)
+
+    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        x, y = batch
+        probs = self(x).float().softmax(dim=-1)
+        return {"pred": probs.argmax(dim=-1), "probs": probs, "label": y}
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(decay_groups(self.net, self.hparams.weight_decay), lr=self.hparams.lr)
+        total = self.trainer.estimated_stepping_batches
+        scheduler = warmup_cosine(optimizer, round(self.hparams.warmup_fraction * total), total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,58 @@
+"""The one place for image utilities: value ranges, grids, PNG files and logging grids to whatever logger is attached."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from torch import Tensor
+from torchvision.utils import make_grid, save_image
+
+
+def to_unit_range(x: Tensor, value_range: tuple[float, float]) -> Tensor:
+    """Map images from ``value_range`` (e.g. (-1, 1)) to [0, 1], clamped."""
+    low, high = value_range
+    return ((x.float() - low) / (high - low)).clamp(0.0, 1.0)
+
+
+def image_grid(images: Tensor, padding: int = 2) -> Tensor:
+    """A (C, H', W') grid in [0, 1] from (N, C, H, W) images (near-square) or (rows, cols, C, H, W) panels."""
+    if images.dim() == 5:
+        rows, cols = images.shape[:2]
+        return make_grid(images.flatten(0, 1).float().cpu(), nrow=cols, padding=padding, pad_value=1.0)
+    if images.dim() != 4:
+        raise ValueError(f"expected (N, C, H, W) or (rows, cols, C, H, W) images, got shape {tuple(images.shape)}")
+    nrow = math.ceil(math.sqrt(images.shape[0]))
+    return make_grid(images.float().cpu(), nrow=nrow, padding=padding, pad_value=1.0)
+
+
+def save_png(image: Tensor, path: str | Path) -> None:
+    """Save one (C, H, W) image in [0, 1] as an 8-bit PNG."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_image(image.float().cpu(), str(path))
+
+
+def log_image(trainer: L.Trainer, key: str, image: Tensor) -> list[str]:
+    """Log one (C, H, W) image in [0, 1] to every logger that takes images; PNG file if none does.
+
+    Returns where it went (logger names and/or the PNG path), for messages and tests.
+    """
+    step = trainer.global_step
+    sent: list[str] = []
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            array = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+            logger.log_image(key=key, images=[array], step=step)
+            sent.append("wandb")
+        elif isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image(key, image.cpu(), global_step=step)
+            sent.append("tensorboard")
+    if not sent:
+        folder = Path(trainer.log_dir or trainer.default_root_dir) / "images"
+        path = folder / f"{key.replace('/', '_')}_epoch{trainer.current_epoch:03d}_step{step:07d}.png"
+        save_png(image, path)
+        sent.append(str(path))
+    return sent

@@ -1,0 +1,43 @@
+"""Optimiser pieces shared by the models: AdamW parameter groups and the warm-up + cosine schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch.nn as nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+
+def decay_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on matrices/kernels only, none on biases, norms and embeddings of rank <= 1...
+
+    ...nor on parameters named ``*pos_embed*`` / ``*cls_token*`` (as in the ViT and BERT recipes).
+    """
+    decay, no_decay = [], []
+    for name, param in module.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim <= 1 or "pos_embed" in name or "cls_token" in name:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def warmup_cosine(optimizer: Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0) -> LambdaLR:
+    """Linear warm-up from ~0 to the base lr over ``warmup_steps``, then cosine decay to ``min_lr_ratio * lr``."""
+    if total_steps <= 0 or math.isinf(total_steps):
+        raise ValueError(
+            f"the cosine schedule needs a finite number of training steps (got {total_steps}): "
+            f"set trainer.max_epochs or trainer.max_steps."
+        )
+    warmup_steps = min(warmup_steps, total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return LambdaLR(optimizer, factor)
