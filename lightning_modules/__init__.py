@@ -2,5 +2,6 @@
 
 from lightning_modules.callbacks import ClassificationWriter, ImageSampler, ImageWriter
 from lightning_modules.classifier import ViTClassifier
+from lightning_modules.vae import BetaVAEModule, VAEModule
 
-__all__ = ["ClassificationWriter", "ImageSampler", "ImageWriter", "ViTClassifier"]
+__all__ = ["BetaVAEModule", "ClassificationWriter", "ImageSampler", "ImageWriter", "VAEModule", "ViTClassifier"]
