@@ -1,0 +1,179 @@
+"""VAE on MNIST: test negative ELBO and IWAE bound after N epochs, and seconds per epoch, ours vs the spec's code.
+
+    python benchmarks/vae_mnist.py                          # spec's code, then ours at the spec's settings
+    python benchmarks/vae_mnist.py --runs ours --hidden-dim 512 --num-hidden-layers 2 --latent-dim 32 \
+        --lr 2e-3 --lr-schedule cosine                       # an improved recipe
+
+Both train on all 60,000 training images (no validation split, as in the spec's loop) with batch 128, and are scored
+on the 10,000 test images: the spec's model with its own ``vae_loss`` (one z per image, BCE summed, in nats), ours with
+``trainer.test`` (``test/nelbo``, same definition, and ``test/iwae_nll``, the IWAE-k bound). Targets are the
+continuous grey levels in [0, 1], as in the spec. Data loading runs in the main process for both (num_workers=0).
+Epoch time is the wall time of the training epoch alone (data loading included, evaluation excluded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("WANDB_MODE", "offline")
+
+import lightning as L  # noqa: E402
+
+from datamodules import MNISTDataModule  # noqa: E402
+from datamodules.base import default_data_dir  # noqa: E402
+from lightning_modules.vae import VAEModule  # noqa: E402
+
+
+# ------------------------------------------------------------------------- the spec's code (Part 2), verbatim
+class SpecEncoder(nn.Module):
+    def __init__(self, input_dim=784, hidden_dim=400, latent_dim=20):
+        super().__init__()
+        self.fc1 = nn.Linear(input_dim, hidden_dim)
+        self.fc_mu = nn.Linear(hidden_dim, latent_dim)
+        self.fc_logvar = nn.Linear(hidden_dim, latent_dim)
+
+    def forward(self, x):
+        h = F.relu(self.fc1(x))
+        return self.fc_mu(h), self.fc_logvar(h)
+
+
+def spec_reparameterize(mu, logvar):
+    std = torch.exp(0.5 * logvar)
+    eps = torch.randn_like(std)
+    return mu + eps * std
+
+
+class SpecDecoder(nn.Module):
+    def __init__(self, latent_dim=20, hidden_dim=400, output_dim=784):
+        super().__init__()
+        self.fc1 = nn.Linear(latent_dim, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, output_dim)
+
+    def forward(self, z):
+        h = F.relu(self.fc1(z))
+        return torch.sigmoid(self.fc2(h))
+
+
+class SpecVAE(nn.Module):
+    def __init__(self, input_dim=784, hidden_dim=400, latent_dim=20):
+        super().__init__()
+        self.encoder = SpecEncoder(input_dim, hidden_dim, latent_dim)
+        self.decoder = SpecDecoder(latent_dim, hidden_dim, input_dim)
+
+    def forward(self, x):
+        mu, logvar = self.encoder(x)
+        z = spec_reparameterize(mu, logvar)
+        return self.decoder(z), mu, logvar
+
+
+def spec_vae_loss(x_recon, x, mu, logvar, beta=1.0):
+    recon_loss = F.binary_cross_entropy(x_recon, x, reduction="sum")
+    kl_loss = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+    return recon_loss + beta * kl_loss, recon_loss, kl_loss
+
+
+def spec_train_vae(model, train_loader, optimizer):
+    model.train()
+    for data, _ in train_loader:
+        data = data.view(-1, 784)
+        optimizer.zero_grad()
+        x_recon, mu, logvar = model(data)
+        loss, _, _ = spec_vae_loss(x_recon, data, mu, logvar)
+        loss.backward()
+        optimizer.step()
+
+
+def run_spec(args: argparse.Namespace, data: MNISTDataModule) -> dict[str, float]:
+    torch.manual_seed(args.seed)
+    model = SpecVAE()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    train = DataLoader(data.train_set, batch_size=128, shuffle=True)
+    times = []
+    for _ in range(args.epochs):
+        start = time.perf_counter()
+        spec_train_vae(model, train, optimizer)
+        times.append(time.perf_counter() - start)
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for x, _ in DataLoader(data.test_set, batch_size=1000):
+            x = x.view(-1, 784)
+            total += spec_vae_loss(*model(x), x)[0].item()
+    return {"test_nelbo": total / len(data.test_set), "s_per_epoch": sum(times) / len(times)}
+
+
+# ------------------------------------------------------------------------------------------------------ ours
+class EpochTimer(L.Callback):
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.times.append(time.perf_counter() - self.start)
+
+
+def run_ours(args: argparse.Namespace, data: MNISTDataModule) -> dict[str, float]:
+    L.seed_everything(args.seed, verbose=False)
+    model = VAEModule(
+        image_shape=data.dims, normalization="zero_one", latent_dim=args.latent_dim, hidden_dim=args.hidden_dim,
+        num_hidden_layers=args.num_hidden_layers, lr=args.lr, lr_schedule=args.lr_schedule,
+        kl_warmup_steps=args.kl_warmup_steps, test_iwae_samples=args.iwae_samples, traversal_dims=0,
+    )
+    timer = EpochTimer()
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=args.epochs, precision=args.precision, limit_val_batches=0, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+    )
+    trainer.fit(model, train_dataloaders=DataLoader(data.train_set, batch_size=128, shuffle=True))
+    start = time.perf_counter()
+    (results,) = trainer.test(model, DataLoader(data.test_set, batch_size=500), verbose=False)
+    return {
+        "test_nelbo": results["test/nelbo"],
+        f"test_iwae{args.iwae_samples}_nll": results["test/iwae_nll"],
+        "test_kl": results["test/kl"],
+        "active_units": results["test/active_units"],
+        "s_per_epoch": sum(timer.times) / len(timer.times),
+        "s_test": time.perf_counter() - start,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", nargs="+", default=["spec", "ours"], choices=["spec", "ours"])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hidden-dim", type=int, default=400)
+    parser.add_argument("--num-hidden-layers", type=int, default=1)
+    parser.add_argument("--latent-dim", type=int, default=20)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"])
+    parser.add_argument("--kl-warmup-steps", type=int, default=0)
+    parser.add_argument("--precision", default="32-true")
+    parser.add_argument("--iwae-samples", type=int, default=100)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    data = MNISTDataModule(data_dir=default_data_dir(), normalization="zero_one", val_size=0, num_workers=0)
+    data.setup("fit")
+    data.setup("test")
+    print(f"# {vars(args)}  load average at start: {os.getloadavg()[0]:.1f} (shared 2-core machine)")
+    for run in args.runs:
+        result = run_spec(args, data) if run == "spec" else run_ours(args, data)
+        print(run, "  ".join(f"{k}={v:.3f}" if not math.isnan(v) else f"{k}=nan" for k, v in result.items()), flush=True)
+
+
+if __name__ == "__main__":
+    main()
