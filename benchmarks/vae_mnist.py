@@ -109,7 +109,8 @@ def run_spec(args: argparse.Namespace, data: MNISTDataModule) -> dict[str, float
     with torch.no_grad():
         for x, _ in DataLoader(data.test_set, batch_size=1000):
             x = x.view(-1, 784)
-            total += spec_vae_loss(*model(x), x)[0].item()
+            x_recon, mu, logvar = model(x)
+            total += spec_vae_loss(x_recon, x, mu, logvar)[0].item()
     return {"test_nelbo": total / len(data.test_set), "s_per_epoch": sum(times) / len(times)}
 
 

@@ -135,6 +135,11 @@ class VAEModule(L.LightningModule):
 
     ``image_shape`` and ``normalization`` come from the datamodule when run through the CLI.
 
+    Logged (nats per image; ``train/*`` per step and epoch, ``val/*`` and ``test/*`` per epoch, synced across ranks):
+    ``loss`` (the beta-weighted objective), ``recon`` (-log p(x|z)), ``kl``, ``nelbo`` (recon + kl: the negative
+    ELBO), ``active_units``; ``train/beta`` (after warm-up) and ``train/gaussian_scale`` (when learned); in
+    validation/test ``iwae_nll`` (when k > 0) and, where the likelihood is normalised, ``bpd`` and ``iwae_bpd``.
+
     Args:
         image_shape: (channels, height, width) of the images.
         normalization: the data's range: ``zero_one`` or ``minus_one_one`` (Bernoulli needs ``zero_one``).
@@ -194,6 +199,7 @@ class VAEModule(L.LightningModule):
             self.register_buffer("log_scale", torch.tensor(math.log(gaussian_scale)))
         else:
             self.log_scale = None
+        self.train_active = ActiveUnits(latent_dim, active_unit_threshold)
         self.val_active = ActiveUnits(latent_dim, active_unit_threshold)
         self.test_active = ActiveUnits(latent_dim, active_unit_threshold)
         self.example_input_array = torch.zeros(2, *image_shape)
@@ -295,16 +301,17 @@ class VAEModule(L.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x = self.targets(batch[0])
-        recon, kl, _ = self._elbo_terms(x)
+        recon, kl, mu = self._elbo_terms(x)
         beta = self.beta_now()
         loss = (recon + beta * kl).mean()
-        self._log_terms("train", recon, kl, loss, on_step=True)
+        self._log_terms("train", recon, kl, mu, loss, on_step=True)
         self.log("train/beta", beta, on_step=True, on_epoch=False)
         if self.log_scale is not None:
             self.log("train/gaussian_scale", self.log_scale.exp(), on_step=True, on_epoch=False)
         return loss
 
-    def _log_terms(self, stage: str, recon: Tensor, kl: Tensor, loss: Tensor, on_step: bool) -> None:
+    def _log_terms(self, stage: str, recon: Tensor, kl: Tensor, mu: Tensor, loss: Tensor, on_step: bool) -> None:
+        """Per-image terms -> batch means (per step and/or epoch, synced across ranks); active units per epoch."""
         values = {"loss": loss, "recon": recon.mean(), "kl": kl.mean(), "nelbo": (recon + kl).mean()}
         if self.reports_bits_per_dim and stage != "train":
             values["bpd"] = values["nelbo"] / (math.prod(self.image_shape) * math.log(2))
@@ -312,13 +319,14 @@ class VAEModule(L.LightningModule):
             {f"{stage}/{name}": value for name, value in values.items()},
             on_step=on_step, on_epoch=True, prog_bar=stage != "train", sync_dist=True, batch_size=recon.shape[0],
         )
-
-    def _evaluate(self, batch: tuple[Tensor, Tensor], batch_idx: int, stage: str, active: ActiveUnits, k: int) -> None:
-        x = self.targets(batch[0], batch_idx)
-        recon, kl, mu = self._elbo_terms(x)
-        self._log_terms(stage, recon, kl, (recon + self.hparams.beta * kl).mean(), on_step=False)
+        active = getattr(self, f"{stage}_active")
         active.update(mu)
         self.log(f"{stage}/active_units", active, on_step=False, on_epoch=True)
+
+    def _evaluate(self, batch: tuple[Tensor, Tensor], batch_idx: int, stage: str, k: int) -> None:
+        x = self.targets(batch[0], batch_idx)
+        recon, kl, mu = self._elbo_terms(x)
+        self._log_terms(stage, recon, kl, mu, (recon + self.hparams.beta * kl).mean(), on_step=False)
         if k > 0:
             nll = -self.iwae_log_likelihood(x, k)
             metrics = {f"{stage}/iwae_nll": nll.mean()}
@@ -327,10 +335,10 @@ class VAEModule(L.LightningModule):
             self.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=True, batch_size=x.shape[0])
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "val", self.val_active, self.hparams.val_iwae_samples)
+        self._evaluate(batch, batch_idx, "val", self.hparams.val_iwae_samples)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "test", self.test_active, self.hparams.test_iwae_samples)
+        self._evaluate(batch, batch_idx, "test", self.hparams.test_iwae_samples)
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         """One prior sample per item of the batch, images in [0, 1]; the noise depends on (seed, rank, batch)."""

@@ -186,7 +186,7 @@ def test_bf16_mixed_trains_validates_tests_and_round_trips_a_checkpoint(tmp_path
     trainer = _trainer(precision="bf16-mixed", max_steps=3, limit_val_batches=1, num_sanity_val_steps=0)
     trainer.fit(model, loader, loader)
     metrics = {k: v for k, v in trainer.callback_metrics.items()}
-    for name in ("train/loss_step", "val/nelbo", "val/iwae_nll", "val/bpd", "val/active_units"):
+    for name in ("train/loss_step", "train/active_units", "val/nelbo", "val/iwae_nll", "val/bpd", "val/active_units"):
         assert torch.isfinite(metrics[name]), name
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert model.beta_now() == pytest.approx(4.0 * 4 / 10)  # linear warm-up: step 3 of 10
