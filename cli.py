@@ -46,6 +46,22 @@ class RunConfigSaver(SaveConfigCallback):
             self.parser.save(self.config, str(folder / self.config_filename), skip_none=False, overwrite=True)
 
 
+def _init_parameters(class_type: type) -> set[str]:
+    """Names ``class_type(...)`` accepts, following ``**kwargs`` up to the parents' ``__init__`` (as jsonargparse does).
+
+    E.g. ``BetaVAEModule(*args, beta=4.0, **kwargs)`` accepts every ``VAEModule`` argument.
+    """
+    names: set[str] = set()
+    for cls in class_type.__mro__:
+        if "__init__" not in vars(cls):
+            continue
+        parameters = inspect.signature(vars(cls)["__init__"]).parameters.values()
+        names |= {p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break
+    return names
+
+
 class _OwnParametersInstantiator(_InstantiatorFn):
     """Records only the links the instantiated class accepts in its hyperparameters.
 
@@ -55,7 +71,7 @@ class _OwnParametersInstantiator(_InstantiatorFn):
     """
 
     def __call__(self, class_type: type, *args, applied_instantiation_links: dict, **kwargs):
-        accepted = inspect.signature(class_type.__init__).parameters
+        accepted = _init_parameters(class_type)
         links = {k: v for k, v in applied_instantiation_links.items() if k.rsplit(".", 1)[-1] in accepted}
         return super().__call__(class_type, *args, applied_instantiation_links=links, **kwargs)
 

@@ -239,6 +239,9 @@ def test_config_runs_fast_dev_run(run_cli, name):
     sampler = next(c for c in cli.trainer.callbacks if type(c).__name__ == "ImageSampler")
     assert {"reconstructions", "prior_samples", "interpolations", "traversals"} <= sampler.logged.keys()
     assert torch.isfinite(cli.trainer.callback_metrics["val/nelbo"])
+    # the linked sizes are in the hyperparameters, so checkpoints rebuild the same model (also for BetaVAEModule)
+    assert tuple(cli.model.hparams.image_shape) == tuple(cli.datamodule.dims)
+    assert cli.model.hparams.normalization == cli.datamodule.normalization
 
 
 def test_predict_writes_the_requested_number_of_pngs(run_cli, tmp_path):
