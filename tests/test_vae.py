@@ -216,6 +216,15 @@ def test_sample_images_panels_are_images_with_fixed_noise():
     torch.testing.assert_close(again["prior_samples"], panels["prior_samples"])
 
 
+def test_binarize_draws_binary_targets_fixed_per_evaluation_batch():
+    model = VAEModule(hidden_dim=16, latent_dim=2, binarize=True)
+    x = torch.rand(4, 1, 28, 28)
+    train_a, train_b = model.targets(x), model.targets(x)
+    assert set(train_a.unique().tolist()) <= {0.0, 1.0} and not torch.equal(train_a, train_b)  # fresh each step
+    torch.testing.assert_close(model.targets(x, batch_idx=3), model.targets(x, batch_idx=3))  # same every epoch
+    assert model.reports_bits_per_dim and not VAEModule(hidden_dim=16, latent_dim=2).reports_bits_per_dim
+
+
 @pytest.mark.parametrize(
     "kwargs, key",
     [
