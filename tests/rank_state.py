@@ -1,0 +1,34 @@
+"""Test helper callback, importable by CLI subprocesses: every rank records its weights and logged metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+
+class RecordRankState(Callback):
+    """Writes ``{stage}_rank{r}.pt`` = {"state": model state_dict, "metrics": callback_metrics} into ``folder``."""
+
+    def __init__(self, folder: str) -> None:
+        super().__init__()
+        self.folder = Path(folder)
+
+    def _save(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        torch.save(
+            {
+                "state": {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()},
+                "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+            },
+            self.folder / f"{stage}_rank{trainer.global_rank}.pt",
+        )
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save(trainer, pl_module, "fit")
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking and trainer.state.fn == "validate":
+            self._save(trainer, pl_module, "validate")
