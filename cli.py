@@ -19,6 +19,7 @@ import yaml
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback, _InstantiatorFn
 
 import lightning_modules  # noqa: F401  (registers the model classes for --model ShortName)
+from lightning_modules.callbacks import RNGStateCheckpoint
 from datamodules import ImageDataModule
 
 
@@ -66,6 +67,8 @@ class Module14CLI(LightningCLI):
         parser.link_arguments("data.dims", "model.init_args.image_shape", apply_on="instantiate")
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.normalization", "model.init_args.normalization", apply_on="instantiate")
+        # Always on: per-rank random streams and exact resumption (see RNGStateCheckpoint).
+        parser.add_lightning_class_args(RNGStateCheckpoint, "rng_state")
 
     def _add_instantiators(self) -> None:
         for key, base, subclasses in (

@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.distributed as dist
+from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from torch import Tensor
 
@@ -40,6 +42,19 @@ def _writable_dir(path: str | Path) -> Path:
     return folder
 
 
+def _rng_states() -> dict[str, Any]:
+    """Global RNG states in types ``torch.load(weights_only=True)`` accepts (numpy's key array as a list)."""
+    states = _collect_rng_states()
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    states["numpy"] = (kind, keys.tolist(), pos, has_gauss, gauss)
+    return states
+
+
+def _set_rng(states: dict[str, Any]) -> None:
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    _set_rng_states({**states, "numpy": (kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss)})
+
+
 def _gather(rows: list[Any]) -> list[Any]:
     """All ranks' rows on every rank (a no-op in one process)."""
     if not (dist.is_available() and dist.is_initialized()):
@@ -47,6 +62,38 @@ def _gather(rows: list[Any]) -> list[Any]:
     gathered: list[list[Any]] = [[] for _ in range(dist.get_world_size())]
     dist.all_gather_object(gathered, rows)
     return [row for part in gathered for row in part]
+
+
+class RNGStateCheckpoint(Callback):
+    """Per-rank random streams under DDP, and exact resumption of the global RNGs (torch, numpy, python, CUDA).
+
+    ``seed_everything`` seeds every DDP rank alike, so each rank would draw the same GAN noise, diffusion timesteps
+    and dropout masks; here rank r re-seeds with ``seed + r`` at setup (model weights are already built, and DDP
+    broadcasts rank 0's). Checkpoints store every rank's RNG state; a resumed run restores them just before its first
+    step, so with ``num_workers: 0`` and no random augmentation it retraces the uninterrupted run exactly.
+    The CLI adds this callback to every run.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._to_restore: list[dict] | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        seed = os.environ.get("PL_GLOBAL_SEED")
+        if seed is not None and trainer.world_size > 1:
+            L.seed_everything(int(seed) + trainer.global_rank, workers=True, verbose=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng_states": _gather([_rng_states()])}  # one entry per rank
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._to_restore = state_dict["rng_states"]
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        if self._to_restore is not None:
+            if len(self._to_restore) == trainer.world_size:
+                _set_rng(self._to_restore[trainer.global_rank])
+            self._to_restore = None
 
 
 class ImageSampler(Callback):
