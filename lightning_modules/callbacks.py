@@ -96,6 +96,45 @@ class RNGStateCheckpoint(Callback):
             self._to_restore = None
 
 
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss."""
+
+
+class StopOnNonFiniteLoss(Callback):
+    """Stops training at the first step whose loss is NaN or infinite, naming the step and the last good checkpoint.
+
+    Checks the loss ``training_step`` returns and every value logged with "loss" in its name (the GAN, with manual
+    optimisation, logs ``train/d_loss`` and ``train/g_loss``). It raises before any checkpoint of the broken weights
+    is written, so the last checkpoint on disk stays a good one. The CLI adds this callback to every run.
+    """
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        values = {name: value for name, value in trainer.callback_metrics.items() if "loss" in name}
+        returned = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(returned, Tensor):
+            values["training_step loss"] = returned.detach()
+        bad = sorted(name for name, value in values.items() if not torch.isfinite(value).all())
+        if not bad:
+            return
+        raise NonFiniteLossError(
+            f"non-finite loss ({', '.join(bad)}) at epoch {trainer.current_epoch}, batch {batch_idx} (global step "
+            f"{trainer.global_step}); training stopped. Last good checkpoint: {_newest_checkpoint(trainer) or 'none'}. "
+            f"Lower the learning rate, clip gradients, or use bf16-mixed instead of 16-mixed, then resume from it "
+            f"with --ckpt_path."
+        )
+
+
+def _newest_checkpoint(trainer: L.Trainer) -> str:
+    """The most recently written checkpoint of any ModelCheckpoint callback ('' if none)."""
+    paths = set()
+    for callback in trainer.checkpoint_callbacks:
+        paths |= {callback.last_model_path, callback.best_model_path, getattr(callback, "_last_checkpoint_saved", "")}
+    existing = [Path(p) for p in paths if p and Path(p).is_file()]
+    return str(max(existing, key=lambda p: p.stat().st_mtime)) if existing else ""
+
+
 class ImageSampler(Callback):
     """Logs the module's ``sample_images`` grids every ``every_n_epochs`` validation epochs, on rank 0.
 
