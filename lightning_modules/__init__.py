@@ -2,5 +2,6 @@
 
 from lightning_modules.callbacks import ClassificationWriter, ImageSampler, ImageWriter
 from lightning_modules.classifier import ViTClassifier
+from lightning_modules.gan import GANModule
 
-__all__ = ["ClassificationWriter", "ImageSampler", "ImageWriter", "ViTClassifier"]
+__all__ = ["ClassificationWriter", "GANModule", "ImageSampler", "ImageWriter", "ViTClassifier"]
