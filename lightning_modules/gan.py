@@ -16,8 +16,8 @@ Design notes for Lightning's features:
 * **DDP.** Lightning wraps the whole LightningModule in one ``DistributedDataParallel`` and, under manual optimisation,
   prepares DDP's reducer at every ``manual_backward``. The discriminator backward reaches only D's parameters and the
   generator backward only G's (D is toggled off with ``toggle_optimizer``), so each backward uses a different parameter
-  set; with ``find_unused_parameters=False`` DDP waits for gradients that never come and fails on the next step (this
-  is how Lightning's own GAN example breaks). We therefore require ``find_unused_parameters=True``
+  set; with ``find_unused_parameters=False`` DDP waits for gradients that never come and the next step fails ("parameters
+  that were not used in producing the loss"; checked with 2 gloo processes) -- how Lightning's own GAN example breaks. We therefore require ``find_unused_parameters=True``
   (``trainer.strategy: ddp_find_unused_parameters_true``): DDP then walks each loss's graph, all-reduces exactly the
   network being stepped and leaves the other one's gradients untouched. We chose this over the alternatives because it
   keeps the algorithm exact and costs no compute: making every backward touch every parameter would mean back-propagating
@@ -49,6 +49,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor
 
 from lightning_modules.images import to_unit_range
+from lightning_modules.metrics import SampleQuality
 from networks.gan import DCGANDiscriminator, DCGANGenerator, Discriminator, Generator
 
 # Noise streams (part of the seed of each torch.Generator).
@@ -78,7 +79,8 @@ class GANModule(L.LightningModule):
         quality_num_samples: generated (and real) validation images for FID/KID at each validation end, over all
             ranks. 0 turns the metrics off.
         quality_features, inception_weights, classifier_checkpoint, kid_subset_size: the ``SampleQuality`` settings
-            (``lightning_modules.metrics``): which feature extractor FID/KID use; the metric names say which.
+            (``lightning_modules.metrics``): which feature extractor FID/KID use; the metric names say which
+            (``val/fid_inception`` or ``val/fid_vit``, likewise ``kid_`` and ``kid_std_``).
     """
 
     def __init__(
@@ -139,8 +141,6 @@ class GANModule(L.LightningModule):
 
         self.quality = None
         if quality_num_samples > 0:
-            from lightning_modules.metrics import SampleQuality
-
             self.quality = SampleQuality(
                 features=quality_features, inception_weights=inception_weights,
                 classifier_checkpoint=classifier_checkpoint, num_samples=quality_num_samples,
@@ -273,6 +273,18 @@ class GANModule(L.LightningModule):
             values = self.quality.compute()  # synchronised across ranks by torchmetrics
             self.log_dict({f"val/{name}": value for name, value in values.items()})
         self.quality.reset()
+
+    # ----------------------------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The FID/KID feature network is loaded from its own file: keep it out of GAN checkpoints, so they stay small
+        # and load whether or not the metrics are on.
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("quality.")}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("quality.")}
+        if self.quality is not None:
+            state.update({f"quality.{k}": v for k, v in self.quality.state_dict().items()})
+        checkpoint["state_dict"] = state
 
     # ------------------------------------------------------------------------------------------------- predict
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_modules.gan import GANModule
 from networks.gan import DCGANDiscriminator, DCGANGenerator, Discriminator, Generator
+from networks.vit import VisionTransformer
 
 ROOT = Path(__file__).resolve().parents[1]
 GAN_CONFIGS = ["gan_mnist", "dcgan_mnist", "dcgan_cifar10", "dcgan_celeba"]
@@ -153,8 +154,11 @@ def test_gradient_clipping_acts_on_unscaled_16_mixed_gradients():
 
 def test_plain_ddp_strategy_is_refused_with_a_clear_message():
     model = small_gan()
+    model.trainer = trainer(devices=2, strategy="ddp")  # built, never launched: setup() is where the check lives
     with pytest.raises(ValueError, match="ddp_find_unused_parameters_true"):
-        trainer(max_steps=2, strategy="ddp").fit(model, images_loader(n=8))
+        model.setup("fit")
+    model.trainer = trainer(devices=2, strategy="ddp_find_unused_parameters_true")
+    model.setup("fit")
 
 
 # ------------------------------------------------------------------------------------------------------ resume
@@ -186,6 +190,37 @@ def test_resume_restores_both_optimizers_and_ema(tmp_path):
     assert resumed.global_step == 8
 
 
+# ---------------------------------------------------------------------------------------------------- FID / KID
+def tiny_vit_checkpoint(path: Path, channels: int = 1, size: int = 28) -> Path:
+    """A checkpoint in the layout the CLI writes for a ViTClassifier (untrained: the plumbing is what is tested)."""
+    patch = 7 if size % 7 == 0 else 4
+    hp = dict(image_shape=(channels, size, size), num_classes=10, patch_size=patch, embed_dim=16, depth=1,
+              num_heads=2, mlp_ratio=2.0)
+    net = VisionTransformer(img_size=size, patch_size=patch, in_channels=channels, num_classes=10, embed_dim=16,
+                            depth=1, num_heads=2, mlp_ratio=2.0)
+    torch.save({
+        "hyper_parameters": hp,
+        "datamodule_hyper_parameters": {"_class_path": "datamodules.MNISTDataModule", "normalization": "mean_std"},
+        "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+    }, path)
+    return path
+
+
+def test_fid_kid_logged_at_validation_end_and_kept_out_of_checkpoints(tmp_path):
+    ckpt = tiny_vit_checkpoint(tmp_path / "vit.ckpt", size=16)
+    model = small_gan(quality_num_samples=12, classifier_checkpoint=str(ckpt), kid_subset_size=6)
+    t = trainer(max_epochs=1, limit_val_batches=3, num_sanity_val_steps=0)
+    t.fit(model, images_loader(n=16), images_loader(n=24))  # 3 val batches of 8: only 12 images may be used
+    for name in ("val/fid_vit", "val/kid_vit"):
+        assert torch.isfinite(t.callback_metrics[name]), name
+    assert model._quality_seen == 12
+    t.save_checkpoint(tmp_path / "gan.ckpt")
+    state = torch.load(tmp_path / "gan.ckpt", weights_only=False)["state_dict"]
+    assert not any(k.startswith("quality.") for k in state)
+    plain = GANModule.load_from_checkpoint(tmp_path / "gan.ckpt", quality_num_samples=0)  # loads without metrics
+    assert torch.equal(plain.generator.model[0].weight, model.generator.model[0].weight)
+
+
 # --------------------------------------------------------------------------------------------------------- DDP
 DDP_SCRIPT = """
 import sys, torch
@@ -194,28 +229,35 @@ from cli import main
 cli = main(args={args!r}, run=False)
 cli.trainer.fit(cli.model, datamodule=cli.datamodule)
 params = {{name: p.detach().clone() for name, p in cli.model.named_parameters()}}
+params["fid"] = cli.trainer.callback_metrics["val/fid_vit"]
 torch.save(params, {out!r} + f"/rank{{cli.trainer.global_rank}}.pt")
 """
 
 
-def test_two_process_ddp_run_ends_with_identical_weights(tmp_path, data_dir):
+def test_two_process_ddp_run_ends_with_identical_weights_and_metrics(tmp_path, data_dir):
+    """gan_mnist on 2 gloo processes for 4 batches, then one validation with FID/KID synchronised across ranks."""
+    vit = tiny_vit_checkpoint(tmp_path / "vit.ckpt")
     args = [
         "--config", str(ROOT / "configs" / "gan_mnist.yaml"), "--trainer.accelerator=cpu", "--trainer.devices=2",
         "--trainer.strategy=ddp_find_unused_parameters_true", "--trainer.precision=32-true", "--trainer.max_steps=8",
-        "--trainer.limit_val_batches=0", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
+        "--trainer.val_check_interval=4", "--trainer.limit_val_batches=2", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
         "--trainer.callbacks=[]", "--trainer.enable_progress_bar=false", "--data.batch_size=16",
-        "--data.num_workers=0", "--model.hidden_dim=32",
+        "--data.num_workers=0", "--model.hidden_dim=32", "--model.quality_num_samples=32",
+        f"--model.classifier_checkpoint={vit}", "--model.kid_subset_size=8",
     ]
     script = tmp_path / "ddp_run.py"
     script.write_text(textwrap.dedent(DDP_SCRIPT.format(root=str(ROOT), args=args, out=str(tmp_path))))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MODULE14_DATA_DIR": str(data_dir), "WANDB_MODE": "offline"}
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "LOCAL_RANK",
+                                                             "NODE_RANK", "RANK")}
+    env = {**env, "PYTHONPATH": str(ROOT), "MODULE14_DATA_DIR": str(data_dir), "WANDB_MODE": "offline"}
     result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert rank0.keys() == rank1.keys()
     for name in rank0:
-        assert torch.equal(rank0[name], rank1[name]), name
+        assert torch.equal(rank0[name], rank1[name]), name  # weights, and the FID both ranks computed together
+    assert torch.isfinite(rank0["fid"])
     init = GANModule(image_shape=(1, 28, 28), hidden_dim=32)  # trained weights differ from any fresh init
     assert not torch.equal(rank0["generator.model.0.weight"], init.generator.model[0].weight)
 
