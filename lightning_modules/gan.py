@@ -74,7 +74,8 @@ class GANModule(L.LightningModule):
         d_steps_per_g_step: discriminator steps (one per batch) per generator step.
         gradient_clip_val: clip each network's gradient norm to this value before its step (``None``: no clipping).
         ema_decay: keep an exponential moving average of the generator's weights with this decay (e.g. 0.999) and
-            use it for samples, ``predict`` and FID/KID. ``None``: no EMA.
+            use it for samples, ``predict`` and FID/KID. The decay warms up as ``min(ema_decay, (1 + n) / (10 + n))``
+            after ``n`` generator steps. ``None``: no EMA.
         noise_seed: seed of the noise streams (training, validation, predict).
         quality_num_samples: generated (and real) validation images for FID/KID at each validation end, over all
             ranks. 0 turns the metrics off.
@@ -138,6 +139,7 @@ class GANModule(L.LightningModule):
 
         # The EMA copy is never trained: no gradients, not in any optimizer (so DDP ignores it); saved in checkpoints.
         self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False) if ema_decay is not None else None
+        self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))  # for the EMA warm-up; checkpointed
 
         self.quality = None
         if quality_num_samples > 0:
@@ -230,8 +232,11 @@ class GANModule(L.LightningModule):
     def _update_ema(self) -> None:
         if self.generator_ema is None:
             return
+        # Warm-up as in TensorFlow's ExponentialMovingAverage(num_updates): early averages do not drag in the random init.
+        decay = min(self.hparams.ema_decay, (1.0 + self.ema_updates.item()) / (10.0 + self.ema_updates.item()))
+        self.ema_updates += 1
         for ema, param in zip(self.generator_ema.parameters(), self.generator.parameters()):
-            ema.lerp_(param.detach(), 1.0 - self.hparams.ema_decay)
+            ema.lerp_(param.detach(), 1.0 - decay)
         for ema, buffer in zip(self.generator_ema.buffers(), self.generator.buffers()):
             ema.copy_(buffer)  # BatchNorm running statistics follow the trained generator
 

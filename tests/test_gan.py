@@ -123,9 +123,10 @@ def test_one_step_updates_both_and_d_step_leaves_generator_untouched():
     assert g_event["g_unchanged"] and g_event["d_changed"]  # the G step runs against the updated discriminator
     assert not same(snapshot(model.generator), model.g_init)
     assert not same(snapshot(model.discriminator), model.d_init)
-    # EMA after one generator step with decay 0.5: the midpoint of the initial and the updated weights
+    # EMA after the first generator step: the warm-up decay min(0.5, (1 + 0) / (10 + 0)) = 0.1
     for ema, start, now in zip(model.generator_ema.parameters(), ema_init, model.generator.parameters()):
-        torch.testing.assert_close(ema, 0.5 * start + 0.5 * now.detach())
+        torch.testing.assert_close(ema, 0.1 * start + 0.9 * now.detach())
+    assert model.ema_updates == 1
 
 
 def test_d_steps_per_g_step_and_label_smoothing():
