@@ -1,15 +1,15 @@
 """DCGAN training-step throughput (one discriminator + one generator step per batch): the spec's code vs GANModule.
 
-    python benchmarks/gan_step.py [--batch-size 64] [--feature-maps 64] [--rounds 3] [--steps 3] [--threads 2]
+    python benchmarks/gan_step.py [--batch-size 32] [--feature-maps 64] [--steps 6] [--threads 2]
 
 * ``spec``: the guide's ``DCGANGenerator``/``DCGANDiscriminator`` (Sigmoid outputs) and the body of its ``train_gan``
   loop (``BCELoss``, a second generator forward for the generator step), fp32 -- the spec has no mixed precision.
 * ``ours``: ``GANModule(arch="dcgan")`` inside a Lightning ``Trainer`` (hooks, logging and all) at the spec's size (64x64x3), in
   ``32-true`` and ``bf16-mixed``.
 
-Random images stand in for data (the step cost does not depend on the pixels). The variants run interleaved, round
-after round, in one process; each figure is the median seconds per batch over all rounds (first batch of each round
-excluded as warm-up).
+Random images stand in for data (the step cost does not depend on the pixels). The machine may be shared, so the two run
+interleaved in one process, batch by batch: a spec step right after each of ours, on the same batch. The speed-up is
+the median of these paired ratios (first pair excluded as warm-up).
 """
 
 from __future__ import annotations
@@ -80,45 +80,29 @@ def spec_step(generator, discriminator, g_optimizer, d_optimizer, real_data, lat
 
 
 # --------------------------------------------------------------------------------------------------- timing
-class BatchTimer(L.Callback):
-    def __init__(self) -> None:
-        self.times: list[float] = []
+class PairedTimer(L.Callback):
+    """Times each of our batches and, right after it, one spec step on the same batch: paired samples under drifting load."""
+
+    def __init__(self, spec_nets, spec_optimizers) -> None:
+        self.spec = (spec_nets, spec_optimizers)
+        self.ours: list[float] = []
+        self.theirs: list[float] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.times.append(time.perf_counter() - self._start)
-
-
-def time_ours(model: GANModule, loader: DataLoader, steps: int, precision: str) -> list[float]:
-    timer = BatchTimer()
-    trainer = L.Trainer(
-        accelerator="cpu", devices=1, precision=precision, max_steps=2 * (steps + 1), limit_val_batches=0,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[timer],
-    )
-    trainer.fit(model, loader)
-    return timer.times[1:]
-
-
-def time_spec(nets, optimizers, loader: DataLoader, steps: int) -> list[float]:
-    times = []
-    for i, (real, _) in enumerate(loader):
-        if i > steps:
-            break
+        self.ours.append(time.perf_counter() - self._start)
         start = time.perf_counter()
-        spec_step(*nets, *optimizers, real)
-        times.append(time.perf_counter() - start)
-    return times[1:]
+        spec_step(*self.spec[0], *self.spec[1], batch[0])
+        self.theirs.append(time.perf_counter() - start)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--feature-maps", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=3, help="timed batches per variant per round")
+    parser.add_argument("--steps", type=int, default=6, help="timed batch pairs per precision (+1 warm-up)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -133,19 +117,21 @@ def main() -> None:
     params = sum(p.numel() for p in ours.parameters())
     assert params == sum(p.numel() for net in nets for p in net.parameters()), "not the same networks"
 
-    results: dict[str, list[float]] = {"spec fp32": [], "ours 32-true": [], "ours bf16-mixed": []}
-    for r in range(args.rounds):
-        results["spec fp32"] += time_spec(nets, optimizers, loader, args.steps)
-        results["ours 32-true"] += time_ours(ours, loader, args.steps, "32-true")
-        results["ours bf16-mixed"] += time_ours(ours, loader, args.steps, "bf16-mixed")
-        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in results.items()))
-
     print(f"\nDCGAN 64x64x3, feature_maps {args.feature_maps} ({params / 1e6:.2f}M parameters), batch {args.batch_size}, "
-          f"{args.threads} threads, {args.rounds} rounds x {args.steps} batches")
-    base = statistics.median(results["spec fp32"])
-    for name, times in results.items():
-        med = statistics.median(times)
-        print(f"{name:16s} {med:6.3f} s/batch  {args.batch_size / med:7.1f} img/s  speed-up vs spec {base / med:4.2f}x")
+          f"{args.threads} threads, {args.steps} timed pairs per precision (spec step right after each of ours)")
+    for precision in ("32-true", "bf16-mixed"):
+        timer = PairedTimer(nets, optimizers)
+        L.Trainer(
+            accelerator="cpu", devices=1, precision=precision, max_steps=2 * (args.steps + 1), limit_val_batches=0,
+            logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+            callbacks=[timer],
+        ).fit(ours, loader)
+        ours_t, spec_t = timer.ours[1:], timer.theirs[1:]
+        ratio = statistics.median(s / o for s, o in zip(spec_t, ours_t))
+        for name, times in ((f"spec fp32 (paired with ours {precision})", spec_t), (f"ours {precision}", ours_t)):
+            med = statistics.median(times)
+            print(f"{name:40s} median {med:6.3f} s/batch ({args.batch_size / med:6.1f} img/s), best {min(times):6.3f} s")
+        print(f"{'':40s} speed-up of ours {precision} over the spec: median of paired ratios {ratio:.2f}x")
 
 
 if __name__ == "__main__":
