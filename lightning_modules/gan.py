@@ -138,8 +138,10 @@ class GANModule(L.LightningModule):
             raise ValueError(f"model.arch='{arch}': choose 'mlp' or 'dcgan'.")
 
         # The EMA copy is never trained: no gradients, not in any optimizer (so DDP ignores it); saved in checkpoints.
-        self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False) if ema_decay is not None else None
-        self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))  # for the EMA warm-up; checkpointed
+        self.generator_ema = None
+        if ema_decay is not None:
+            self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
+            self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))  # for the warm-up; checkpointed
 
         self.quality = None
         if quality_num_samples > 0:
