@@ -1,7 +1,21 @@
 """LightningModules (objectives and optimisation) and the callbacks they share."""
 
-from lightning_modules.callbacks import ClassificationWriter, ImageSampler, ImageWriter
+from lightning_modules.callbacks import (
+    ClassificationWriter,
+    ImageSampler,
+    ImageWriter,
+    RNGStateCheckpoint,
+    StopOnNonFiniteLoss,
+)
 from lightning_modules.classifier import ViTClassifier
 from lightning_modules.gan import GANModule
 
-__all__ = ["ClassificationWriter", "GANModule", "ImageSampler", "ImageWriter", "ViTClassifier"]
+__all__ = [
+    "ClassificationWriter",
+    "GANModule",
+    "ImageSampler",
+    "ImageWriter",
+    "RNGStateCheckpoint",
+    "StopOnNonFiniteLoss",
+    "ViTClassifier",
+]

@@ -9,7 +9,7 @@ from torch import Tensor
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_modules.optim import decay_groups, warmup_cosine
+from lightning_modules.optim import decay_groups, total_training_steps, warmup_cosine
 from networks.vit import VisionTransformer
 
 
@@ -95,6 +95,6 @@ class ViTClassifier(L.LightningModule):
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(decay_groups(self.net, self.hparams.weight_decay), lr=self.hparams.lr)
-        total = self.trainer.estimated_stepping_batches
+        total = total_training_steps(self.trainer)
         scheduler = warmup_cosine(optimizer, round(self.hparams.warmup_fraction * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
