@@ -8,5 +8,14 @@ from lightning_modules.callbacks import (
     StopOnNonFiniteLoss,
 )
 from lightning_modules.classifier import ViTClassifier
+from lightning_modules.gan import GANModule
 
-__all__ = ["ClassificationWriter", "ImageSampler", "ImageWriter", "RNGStateCheckpoint", "StopOnNonFiniteLoss", "ViTClassifier"]
+__all__ = [
+    "ClassificationWriter",
+    "GANModule",
+    "ImageSampler",
+    "ImageWriter",
+    "RNGStateCheckpoint",
+    "StopOnNonFiniteLoss",
+    "ViTClassifier",
+]
