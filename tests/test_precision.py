@@ -10,6 +10,7 @@ from conftest import TINY_VIT
 CSV_LOGGER = ["--trainer.logger=CSVLogger", "--trainer.logger.init_args.save_dir=runs"]
 FAMILIES = {
     "vit": ["--config", "configs/vit_mnist.yaml", *TINY_VIT],
+    "gan": ["--config", "configs/dcgan_mnist.yaml", "--model.feature_maps=8"],
 }
 
 
