@@ -1,7 +1,24 @@
 """LightningModules (objectives and optimisation) and the callbacks they share."""
 
-from lightning_modules.callbacks import ClassificationWriter, ImageSampler, ImageWriter
+from lightning_modules.callbacks import (
+    ClassificationWriter,
+    ImageSampler,
+    ImageWriter,
+    RNGStateCheckpoint,
+    StopOnNonFiniteLoss,
+)
 from lightning_modules.classifier import ViTClassifier
+from lightning_modules.gan import GANModule
 from lightning_modules.vae import BetaVAEModule, VAEModule
 
-__all__ = ["BetaVAEModule", "ClassificationWriter", "ImageSampler", "ImageWriter", "VAEModule", "ViTClassifier"]
+__all__ = [
+    "BetaVAEModule",
+    "ClassificationWriter",
+    "GANModule",
+    "ImageSampler",
+    "ImageWriter",
+    "RNGStateCheckpoint",
+    "StopOnNonFiniteLoss",
+    "VAEModule",
+    "ViTClassifier",
+]

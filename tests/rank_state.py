@@ -1,4 +1,4 @@
-"""Test helper callback, importable by CLI subprocesses: every rank records its weights and logged metrics."""
+"""Test helpers importable by CLI runs: a callback recording every rank's weights and metrics, a model that goes NaN."""
 
 from __future__ import annotations
 
@@ -32,3 +32,17 @@ class RecordRankState(Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking and trainer.state.fn == "validate":
             self._save(trainer, pl_module, "validate")
+
+
+from lightning_modules.classifier import ViTClassifier  # noqa: E402
+
+
+class NaNAfterStep(ViTClassifier):
+    """A ViTClassifier whose loss turns NaN from training step ``nan_step`` on (for the non-finite-loss test)."""
+
+    def __init__(self, nan_step: int = 3, **kwargs) -> None:
+        super().__init__(**kwargs)
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        return loss * float("nan") if self.global_step >= self.hparams.nan_step else loss
