@@ -259,3 +259,11 @@ def test_predict_writes_the_requested_number_of_pngs(run_cli, tmp_path):
             "--trainer.logger=false")
     written = sorted(Path(tmp_path / "outputs" / "vae_mnist").glob("*.png"))
     assert [p.name for p in written] == [f"{i:06d}.png" for i in range(10)] + ["grid.png"]
+
+
+def test_resumes_exactly_mid_epoch_with_kl_warmup(run_cli, tmp_path):
+    from test_resume import resume_matches_uninterrupted
+
+    resume_matches_uninterrupted(run_cli, tmp_path, ["--config", "configs/betavae_mnist.yaml", "--model.hidden_dim=32",
+                                                     "--model.kl_warmup_steps=10", "--data.batch_size=16"],
+                                 total_steps=6)
