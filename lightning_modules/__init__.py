@@ -2,5 +2,7 @@
 
 from lightning_modules.callbacks import ClassificationWriter, ImageSampler, ImageWriter
 from lightning_modules.classifier import ViTClassifier
+from lightning_modules.diffusion import DiffusionModule
+from lightning_modules.ema import EMA
 
-__all__ = ["ClassificationWriter", "ImageSampler", "ImageWriter", "ViTClassifier"]
+__all__ = ["ClassificationWriter", "DiffusionModule", "EMA", "ImageSampler", "ImageWriter", "ViTClassifier"]
