@@ -8,7 +8,8 @@ t = 0 .. T-1 (the spec's), and with ᾱ_t = prod_{s <= t} (1 - β_s):
     c1_t = β_t sqrt(ᾱ_{t-1}) / (1 - ᾱ_t),  c2_t = (1 - ᾱ_{t-1}) sqrt(α_t) / (1 - ᾱ_t)
 
 The schedule tensors are buffers, so they follow the module to its device (the spec's indexed CPU tensors with CUDA
-indices). All arithmetic is float32 even under autocast.
+indices). They are kept in float64 (1 - ᾱ_t near t = 0 needs it) and cast to float32 where they meet images, so
+the arithmetic is float32 even under autocast.
 """
 
 from __future__ import annotations
@@ -93,8 +94,8 @@ class GaussianDiffusion(nn.Module):
             "posterior_mean_coef1": betas * alphas_cumprod_prev.sqrt() / (1 - alphas_cumprod),
             "posterior_mean_coef2": (1 - alphas_cumprod_prev) * (1 - betas).sqrt() / (1 - alphas_cumprod),
         }
-        for name, value in buffers.items():  # computed in float64, stored float32; not part of checkpoints
-            self.register_buffer(name, value.float(), persistent=False)
+        for name, value in buffers.items():  # derived from the arguments, so not part of checkpoints
+            self.register_buffer(name, value, persistent=False)
 
     # ------------------------------------------------------------------------------------------ forward process
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
@@ -156,11 +157,14 @@ class GaussianDiffusion(nn.Module):
 
         σ² = η² (1 - ᾱ') / (1 - ᾱ) · (1 - ᾱ / ᾱ'). η = 1 over all T steps is the ancestral DDPM step with β̃.
         """
-        x0, eps = self.predict_x0_eps(model, x_t, t, clip)
-        a_t = _at(self.alphas_cumprod, t)
-        a_prev = torch.where(t_prev >= 0, self.alphas_cumprod[t_prev.clamp(min=0)], 1.0).float()[:, None, None, None]
+        x0, _ = self.predict_x0_eps(model, x_t, t, clip)
+        a_t = self.alphas_cumprod[t]  # float64 coefficients, cast once at the end
+        a_prev = torch.where(t_prev >= 0, self.alphas_cumprod[t_prev.clamp(min=0)], 1.0)
         var = eta**2 * (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
-        mean = a_prev.sqrt() * x0 + (1 - a_prev - var).clamp(min=0).sqrt() * eps
+        eps_coef = (1 - a_prev - var).clamp(min=0).sqrt() / (1 - a_t).sqrt()  # ε̂ = (x_t - sqrt(ᾱ) x̂_0) / sqrt(1 - ᾱ)
+        coef_x0 = a_prev.sqrt() - eps_coef * a_t.sqrt()
+        coef_x0, coef_xt, var = (c.float()[:, None, None, None] for c in (coef_x0, eps_coef, var))
+        mean = coef_x0 * x0 + coef_xt * x_t
         return mean, var.expand_as(mean), x0
 
     # -------------------------------------------------------------------------------------------------- samplers
