@@ -10,11 +10,12 @@ are never typed twice. W&B runs offline unless ``WANDB_MODE=online`` (or the log
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback, _InstantiatorFn
 
 import lightning_modules  # noqa: F401  (registers the model classes for --model ShortName)
 from datamodules import ImageDataModule
@@ -42,12 +43,33 @@ class RunConfigSaver(SaveConfigCallback):
             self.parser.save(self.config, str(folder / self.config_filename), skip_none=False, overwrite=True)
 
 
+class _OwnParametersInstantiator(_InstantiatorFn):
+    """Records only the links the instantiated class accepts in its hyperparameters.
+
+    jsonargparse skips a link whose target the chosen class lacks (``num_classes`` for a VAE), but Lightning still
+    records it in the checkpoint's hyperparameters, and ``test --ckpt_path`` / ``load_from_checkpoint`` then fail
+    with "unexpected keyword argument". Filtering here keeps checkpoints loadable.
+    """
+
+    def __call__(self, class_type: type, *args, applied_instantiation_links: dict, **kwargs):
+        accepted = inspect.signature(class_type.__init__).parameters
+        links = {k: v for k, v in applied_instantiation_links.items() if k.rsplit(".", 1)[-1] in accepted}
+        return super().__call__(class_type, *args, applied_instantiation_links=links, **kwargs)
+
+
 class Module14CLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # A link whose target the chosen model lacks is skipped, so every family shares these.
         parser.link_arguments("data.dims", "model.init_args.image_shape", apply_on="instantiate")
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.normalization", "model.init_args.normalization", apply_on="instantiate")
+
+    def _add_instantiators(self) -> None:
+        for key, base, subclasses in (
+            ("model", self._model_class, self.subclass_mode_model),
+            ("data", self._datamodule_class, self.subclass_mode_data),
+        ):
+            self.parser.add_instantiator(_OwnParametersInstantiator(cli=self, key=key), base, subclasses=subclasses)
 
 
 def main(args: ArgsType = None, run: bool = True) -> Module14CLI:

@@ -1,0 +1,187 @@
+"""Sample quality for every generative model: FID and KID (torchmetrics) on features of a fixed network.
+
+Two feature extractors, and the metric names say which one was used:
+
+- ``inception``: the standard Inception-v3 pool features (2048-d, torch-fidelity's port of the TF FID network), read
+  from a local weights file (``pt_inception-2015-12-05-6726825d.pth``); nothing is downloaded. Figures are comparable
+  with published FIDs only with these features.
+- ``vit``: the class-token features of a ``ViTClassifier`` checkpoint the project trained on the same dataset
+  (e.g. ``configs/vit_mnist.yaml``). Useful where Inception weights are unavailable; comparable only with itself.
+
+Features are computed once per image and fed to both metrics; torchmetrics syncs the states across DDP ranks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import importlib
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics.image import FrechetInceptionDistance, KernelInceptionDistance
+
+from networks.vit import VisionTransformer
+
+FeatureChoice = Literal["auto", "inception", "classifier"]
+
+
+class InceptionFeatures(nn.Module):
+    """Inception-v3 2048-d pool features of images in [0, 1] (grayscale is repeated to RGB)."""
+
+    name = "inception"
+    num_features = 2048
+
+    def __init__(self, weights_path: str) -> None:
+        super().__init__()
+        if not Path(weights_path).is_file():
+            raise FileNotFoundError(
+                f"Inception weights not found at '{weights_path}'. Download pt_inception-2015-12-05-6726825d.pth "
+                f"(torch-fidelity's FID Inception) on a machine with a network and point inception_weights at it, "
+                f"or use features: classifier with a ViTClassifier checkpoint."
+            )
+        try:
+            from torchmetrics.image.fid import NoTrainInceptionV3
+        except ImportError as err:  # pragma: no cover - depends on the install
+            raise ImportError("Inception features need torch-fidelity: pip install 'module14[inception]'") from err
+        self.net = NoTrainInceptionV3(
+            name="inception-v3-compat", features_list=[str(self.num_features)], feature_extractor_weights_path=weights_path
+        )
+
+    def forward(self, images: Tensor) -> Tensor:
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        return self.net((images.clamp(0, 1) * 255).round().to(torch.uint8)).reshape(images.shape[0], -1)
+
+
+class ClassifierFeatures(nn.Module):
+    """Final class-token features (B, D) of a trained ``ViTClassifier`` checkpoint, for images in [0, 1].
+
+    Images are standardised with the mean/std of the datamodule the classifier was trained on (read from the
+    checkpoint) and resized to the classifier's input size when they differ (e.g. MNIST padded to 32 px).
+    """
+
+    name = "vit"
+
+    def __init__(self, checkpoint: str) -> None:
+        super().__init__()
+        if not Path(checkpoint).is_file():
+            raise FileNotFoundError(
+                f"classifier checkpoint '{checkpoint}' not found. Train one on the same dataset first, e.g. "
+                f"`module14 fit --config configs/vit_mnist.yaml`, and point classifier_checkpoint at its .ckpt."
+            )
+        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        hp = ckpt.get("hyper_parameters", {})
+        data_hp = ckpt.get("datamodule_hyper_parameters", {})
+        if not {"image_shape", "num_classes", "embed_dim"} <= hp.keys() or "_class_path" not in data_hp:
+            raise ValueError(
+                f"'{checkpoint}' is not a ViTClassifier checkpoint written by module14's CLI (its hyperparameters "
+                f"lack the network or datamodule description); train the classifier with `module14 fit`."
+            )
+        if data_hp.get("normalization", "mean_std") != "mean_std":
+            raise ValueError(f"'{checkpoint}' was trained on {data_hp['normalization']} inputs; expected mean_std.")
+        channels, size, _ = hp["image_shape"]
+        self.net = VisionTransformer(
+            img_size=size, patch_size=hp["patch_size"], in_channels=channels, num_classes=hp["num_classes"],
+            embed_dim=hp["embed_dim"], depth=hp["depth"], num_heads=hp["num_heads"], mlp_ratio=hp["mlp_ratio"],
+            dropout=0.0,
+        )
+        state = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+        self.net.load_state_dict(state)
+        self.net.eval().requires_grad_(False)
+        module_name, class_name = data_hp["_class_path"].rsplit(".", 1)
+        datamodule = getattr(importlib.import_module(module_name), class_name)
+        self.register_buffer("mean", torch.tensor(datamodule.mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(datamodule.std).view(1, -1, 1, 1))
+        self.channels, self.size = channels, size
+        self.num_features = hp["embed_dim"]
+
+    def train(self, mode: bool = True) -> ClassifierFeatures:
+        return super().train(False)  # a fixed feature extractor never leaves eval mode (dropout, etc.)
+
+    def forward(self, images: Tensor) -> Tensor:
+        if images.shape[1] != self.channels:
+            raise ValueError(
+                f"the feature classifier takes {self.channels}-channel images, got {images.shape[1]}: use a "
+                f"classifier trained on the same dataset as the generative model."
+            )
+        if images.shape[-1] != self.size:
+            images = F.interpolate(images.float(), size=(self.size, self.size), mode="bilinear", antialias=True)
+        return self.net.forward_features((images.float() - self.mean) / self.std)
+
+
+class _Precomputed(nn.Module):
+    """Identity "feature extractor": SampleQuality computes features once and hands them to FID and KID."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: Tensor) -> Tensor:
+        return features
+
+
+class SampleQuality(nn.Module):
+    """FID and KID between generated and real images, on Inception or the project's own classifier features.
+
+    Args:
+        features: ``inception`` (needs ``inception_weights``), ``classifier`` (needs ``classifier_checkpoint``) or
+            ``auto`` (inception when its weights are given, else the classifier).
+        inception_weights: local path of the FID Inception weights.
+        classifier_checkpoint: a ViTClassifier checkpoint trained on the same dataset.
+        num_samples: how many generated images (and real ones) to compare, over all ranks; the model generates them.
+        kid_subset_size: KID subset size (lowered to the sample count if fewer are available).
+
+    ``update(images, real)`` takes images in [0, 1]; ``compute()`` returns ``{"fid_<features>", "kid_<features>",
+    "kid_std_<features>"}``.
+    """
+
+    def __init__(
+        self,
+        features: FeatureChoice = "auto",
+        inception_weights: str | None = None,
+        classifier_checkpoint: str | None = None,
+        num_samples: int = 1000,
+        kid_subset_size: int = 100,
+    ) -> None:
+        super().__init__()
+        if features == "auto":
+            features = "inception" if inception_weights else "classifier" if classifier_checkpoint else "auto"
+        if features == "inception" and inception_weights:
+            self.extractor: nn.Module = InceptionFeatures(inception_weights)
+        elif features == "classifier" and classifier_checkpoint:
+            self.extractor = ClassifierFeatures(classifier_checkpoint)
+        else:
+            raise ValueError(
+                f"FID/KID with features={features!r} needs "
+                + ("inception_weights" if features == "inception" else "classifier_checkpoint" if features == "classifier"
+                   else "inception_weights or classifier_checkpoint")
+                + ": a local Inception weights file, or a ViTClassifier checkpoint trained on the same dataset "
+                "(e.g. from configs/vit_mnist.yaml). Or turn the metrics off."
+            )
+        if num_samples < 2:
+            raise ValueError(f"num_samples={num_samples}: FID/KID need at least 2 samples.")
+        self.name = self.extractor.name
+        self.num_samples = num_samples
+        self.kid_subset_size = kid_subset_size
+        self.fid = FrechetInceptionDistance(feature=_Precomputed(self.extractor.num_features))
+        self.kid = KernelInceptionDistance(feature=_Precomputed(self.extractor.num_features), subset_size=kid_subset_size)
+
+    @torch.no_grad()
+    def update(self, images: Tensor, real: bool) -> None:
+        features = self.extractor(images.to(self.fid.real_features_sum.device)).double()
+        self.fid.update(features, real=real)
+        self.kid.update(features, real=real)
+
+    def compute(self) -> dict[str, Tensor]:
+        n = min(int(self.fid.real_features_num_samples), int(self.fid.fake_features_num_samples))
+        self.kid.subset_size = max(2, min(self.kid_subset_size, n))
+        kid_mean, kid_std = self.kid.compute()
+        return {f"fid_{self.name}": self.fid.compute(), f"kid_{self.name}": kid_mean, f"kid_std_{self.name}": kid_std}
+
+    def reset(self) -> None:
+        self.fid.reset()
+        self.kid.reset()
