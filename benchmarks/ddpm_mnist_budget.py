@@ -27,7 +27,6 @@ import lightning as L  # noqa: E402
 
 from datamodules import MNISTDataModule  # noqa: E402
 from lightning_modules.diffusion import DiffusionModule  # noqa: E402
-from lightning_modules.images import image_grid, save_png  # noqa: E402
 
 
 class LossLog(L.Callback):
@@ -83,6 +82,8 @@ def main() -> None:
     parser.add_argument("--ema-decay", type=float, default=0.995)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)")
     parser.add_argument("--train-only", action="store_true")
+    parser.add_argument("--classifier", default="/work/artifacts/vit_mnist.ckpt", help="ViT for FID features")
+    parser.add_argument("--num-fid", type=int, default=128, help="samples per sampler for FID/KID")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("MODULE14_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -90,7 +91,8 @@ def main() -> None:
     L.seed_everything(0)
     ckpt = Path(args.ckpt) if args.ckpt else train(args)
     if not args.train_only:
-        from benchmarks.ddpm_sampling_eval import evaluate
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from ddpm_sampling_eval import evaluate
 
         evaluate(ckpt, args)
 

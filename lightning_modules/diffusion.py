@@ -12,6 +12,7 @@ from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 
 from lightning_modules.ema import EMA
+from lightning_modules.metrics import SampleQuality
 from lightning_modules.images import to_unit_range
 from lightning_modules.optim import decay_groups
 from networks.diffusion import DDPMVariance, GaussianDiffusion, Prediction, Schedule
@@ -109,19 +110,22 @@ class DiffusionModule(L.LightningModule):
             num_timesteps, schedule, beta_start, beta_end, prediction=prediction, clip_range=DATA_RANGE
         )
         self.sampling_steps = sampling_steps or (num_timesteps if sampler == "ddpm" else min(50, num_timesteps))
-        self.quality = None
+        # Kept out of the submodules (a plain list), so the feature network's weights stay out of our checkpoints;
+        # ``_metric`` moves it to the module's device.
+        self._quality: list[SampleQuality] = []
         if fid_every_n_epochs:
-            from lightning_modules.metrics import SampleQuality
-
-            self.quality = SampleQuality(
+            self._quality.append(SampleQuality(
                 features=fid_features, inception_weights=inception_weights,
                 classifier_checkpoint=classifier_checkpoint, num_samples=fid_num_samples,
                 kid_subset_size=kid_subset_size,
-            )
+            ))
         self._quality_real = 0  # real images fed to ``quality`` this validation epoch (this rank)
 
     def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
         return self.net(x_t, t)
+
+    def _metric(self) -> SampleQuality:
+        return self._quality[0].to(self.device)
 
     # --------------------------------------------------------------------------------------------- training
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
@@ -165,7 +169,7 @@ class DiffusionModule(L.LightningModule):
             per_rank = math.ceil(self.hparams.fid_num_samples / self.trainer.world_size)
             real = x0[: max(0, per_rank - self._quality_real)]
             if len(real):
-                self.quality.update(to_unit_range(real, DATA_RANGE), real=True)
+                self._metric().update(to_unit_range(real, DATA_RANGE), real=True)
                 self._quality_real += len(real)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -184,10 +188,10 @@ class DiffusionModule(L.LightningModule):
         for start in range(0, per_rank, batch):
             n = min(batch, per_rank - start)
             fake = self.generate(n, g, sampler="ddim", num_steps=self.hparams.fid_sampling_steps, eta=0.0)
-            self.quality.update(fake, real=False)
-        scores = self.quality.compute()
+            self._metric().update(fake, real=False)
+        scores = self._metric().compute()
         self.log_dict({f"val/{name}": value for name, value in scores.items()}, sync_dist=False)
-        self.quality.reset()
+        self._metric().reset()
         self._quality_real = 0
 
     # --------------------------------------------------------------------------------------------- sampling
