@@ -12,7 +12,7 @@ from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 
 from lightning_modules.ema import EMA
-from lightning_modules.metrics import SampleQuality
+from lightning_modules.metrics import FeatureChoice, SampleQuality
 from lightning_modules.images import to_unit_range
 from lightning_modules.optim import decay_groups
 from networks.diffusion import DDPMVariance, GaussianDiffusion, Prediction, Schedule
@@ -81,7 +81,7 @@ class DiffusionModule(L.LightningModule):
         fid_every_n_epochs: int = 0,
         fid_num_samples: int = 1000,
         fid_sampling_steps: int = 50,
-        fid_features: str = "auto",
+        fid_features: FeatureChoice = "auto",
         inception_weights: str | None = None,
         classifier_checkpoint: str | None = None,
         kid_subset_size: int = 100,
@@ -206,11 +206,12 @@ class DiffusionModule(L.LightningModule):
     ) -> Tensor | tuple[Tensor, list[Tensor]]:
         """``n`` images in [0, 1] from the EMA network; sampler settings default to the module's."""
         sampler = sampler or self.hparams.sampler
-        steps = num_steps or (self.sampling_steps if sampler == self.hparams.sampler else None)
+        if sampler == "ddim":  # the configured DDIM steps, or 50 when the configured sampler is DDPM
+            num_steps = num_steps or (self.sampling_steps if self.hparams.sampler == "ddim" else 50)
         with self._autocast():
             out = self.diffusion.sample(
                 self.ema.module, (n, *self.hparams.image_shape), sampler=sampler,
-                num_steps=steps if sampler == "ddim" else None,
+                num_steps=num_steps,
                 eta=self.hparams.ddim_eta if eta is None else eta, variance=self.hparams.ddpm_variance,
                 generator=generator, device=self.device, trajectory=trajectory,
             )

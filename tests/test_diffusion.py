@@ -251,9 +251,11 @@ def test_config_fast_dev_run(run_cli, config):
     assert set(sampler.logged) == {"samples", "trajectory"}
 
 
-def test_predict_writes_pngs(run_cli, tmp_path):
+@pytest.mark.parametrize("sampler, steps", [("ddim", "3"), ("ddpm", "null")])
+def test_predict_writes_pngs(run_cli, tmp_path, sampler, steps):
     run_cli("predict", "--config", "configs/ddpm_mnist.yaml", *FAST, "--data.init_args.predict_size=6",
-            "--model.init_args.sampler=ddim", "--model.init_args.sampling_steps=3")
+            "--model.init_args.num_timesteps=20", f"--model.init_args.sampler={sampler}",
+            f"--model.init_args.sampling_steps={steps}")
     out = tmp_path / "outputs" / "ddpm_mnist"
     assert sorted(p.name for p in out.glob("*.png")) == [f"{i:06d}.png" for i in range(6)] + ["grid.png"]
 
