@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 import lightning as L
+import yaml
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback, _InstantiatorFn
 
 import lightning_modules  # noqa: F401  (registers the model classes for --model ShortName)
@@ -32,8 +33,10 @@ class RunConfigSaver(SaveConfigCallback):
         super().__init__(parser, config, save_to_log_dir=False, **kwargs)
 
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # parser.dump leaves out link targets (image_shape, ...): their values are in the model's own hparams.
+        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
         for logger in trainer.loggers:
-            logger.log_hyperparams({"config": self.config.clone().as_dict()})
+            logger.log_hyperparams({"config": config})
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         checkpoint = trainer.checkpoint_callback

@@ -147,6 +147,7 @@ class ClassificationWriter(BasePredictionWriter):
         self, trainer: L.Trainer, pl_module: L.LightningModule, predictions: list[dict[str, Tensor]],
         batch_indices: list[list[int]],
     ) -> None:
+        (batch_indices,) = batch_indices  # Lightning nests them per dataloader; predict has one
         rows = []
         for output, indices in zip(predictions, batch_indices):
             for i, index in enumerate(indices):

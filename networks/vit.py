@@ -12,6 +12,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def trunc_normal_(tensor: Tensor, std: float = 0.02) -> Tensor:
+    """N(0, std) truncated at two standard deviations.
+
+    ``nn.init.trunc_normal_(t, std=0.02)`` alone truncates at +-2 in absolute value, i.e. not at all for std=0.02.
+    """
+    return nn.init.trunc_normal_(tensor, std=std, a=-2 * std, b=2 * std)
+
+
 class PatchEmbedding(nn.Module):
     """Split an image into non-overlapping patches and embed each one: (B, C, H, W) -> (B, N, D)."""
 
@@ -45,7 +53,7 @@ class PositionEmbedding(nn.Module):
         super().__init__()
         self.pos_embed = nn.Parameter(torch.zeros(1, n_patches + 1, embed_dim))
         self.dropout = nn.Dropout(dropout)
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        trunc_normal_(self.pos_embed)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.dropout(x + self.pos_embed)  # (B, N+1, D)
@@ -124,7 +132,7 @@ class VisionTransformer(nn.Module):
         self.norm = nn.LayerNorm(embed_dim)
         self.head = nn.Linear(embed_dim, num_classes)
         self.apply(_init_weights)
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        trunc_normal_(self.cls_token)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """The final class-token representation: (B, C, H, W) -> (B, D)."""
@@ -140,9 +148,9 @@ class VisionTransformer(nn.Module):
 
 
 def _init_weights(module: nn.Module) -> None:
-    """Truncated-normal(0.02) linear weights with zero biases, unit LayerNorms (as in timm and the ViT paper code)."""
+    """Truncated-normal(0.02) linear weights with zero biases, unit LayerNorms (as in the ViT paper code)."""
     if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
+        trunc_normal_(module.weight)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.LayerNorm):

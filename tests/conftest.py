@@ -43,3 +43,26 @@ def data_dir() -> Path:
     if not (DATA_DIR / "MNIST" / "raw").is_dir():
         pytest.fail(f"MNIST not found under {DATA_DIR}; set MODULE14_DATA_DIR to a folder holding it (see README).")
     return DATA_DIR
+
+
+TINY_VIT = ["--model.embed_dim=32", "--model.depth=1", "--model.num_heads=2"]
+
+
+@pytest.fixture(scope="session")
+def vit_checkpoint(tmp_path_factory) -> Path:
+    """A tiny ViTClassifier trained for a few steps on MNIST through the CLI (CSV logger); returns last.ckpt."""
+    import os as _os
+
+    from cli import main
+
+    folder = tmp_path_factory.mktemp("vit_ckpt")
+    cwd = _os.getcwd()
+    _os.chdir(folder)
+    try:
+        main(args=["fit", "--config", str(CONFIGS / "vit_mnist.yaml"), *TINY_VIT, "--trainer.max_steps=4",
+                   "--trainer.limit_val_batches=2", "--trainer.logger=CSVLogger",
+                   "--trainer.logger.init_args.save_dir=runs", "--trainer.enable_model_summary=false"])
+    finally:
+        _os.chdir(cwd)
+    (checkpoint,) = folder.glob("runs/**/last.ckpt")
+    return checkpoint

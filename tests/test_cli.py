@@ -1,0 +1,103 @@
+"""The real LightningCLI: every config trains one batch, checkpoints reload for validate/predict, configs are saved,
+and bad input gives a clear error."""
+
+import csv
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from conftest import ROOT, TINY_VIT, experiment_configs
+
+from datamodules import DatasetNotFoundError
+
+CSV_LOGGER = ["--trainer.logger=CSVLogger", "--trainer.logger.init_args.save_dir=runs"]
+
+
+@pytest.mark.parametrize("config", experiment_configs(), ids=lambda p: p.stem)
+def test_every_config_fits_one_batch(run_cli, config):
+    cli = run_cli("fit", "--config", str(config), "--trainer.fast_dev_run=true", "--trainer.enable_model_summary=false")
+    assert cli.trainer.state.finished and cli.trainer.global_step >= 1
+    losses = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if "loss" in k}
+    assert losses and all(torch.isfinite(torch.tensor(list(losses.values()))))
+
+
+def test_fit_checkpoint_then_validate_and_predict(run_cli, tmp_path, vit_checkpoint):
+    hparams = torch.load(vit_checkpoint, weights_only=True)["hyper_parameters"]
+    assert hparams["image_shape"] == (1, 28, 28) and hparams["num_classes"] == 10  # linked from the datamodule
+    assert "normalization" not in hparams  # a link ViTClassifier does not take is not recorded
+
+    val = run_cli("validate", "--config", "configs/vit_mnist.yaml", *TINY_VIT, *CSV_LOGGER,
+                  "--trainer.limit_val_batches=2", f"--ckpt_path={vit_checkpoint}")
+    assert 0.0 <= float(val.trainer.callback_metrics["val/acc"]) <= 1.0
+
+    run_cli("predict", "--config", "configs/vit_mnist.yaml", *TINY_VIT, *CSV_LOGGER, "--data.predict_size=50",
+            f"--ckpt_path={vit_checkpoint}")
+    with open(tmp_path / "outputs/vit_mnist/predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["index"]) for r in rows] == list(range(50))  # one row per image, in order
+    for row in rows:
+        probs = [float(row[f"prob_{k}"]) for k in range(10)]
+        assert abs(sum(probs) - 1) < 1e-4 and int(row["prediction"]) == max(range(10), key=probs.__getitem__)
+        assert 0 <= int(row["label"]) < 10
+
+
+def test_config_saved_beside_checkpoints_and_in_wandb_twice_in_one_folder(run_cli, tmp_path):
+    """Lightning's default SaveConfigCallback aborts the second W&B run in a folder; ours saves per run."""
+    args = ["fit", "--config", "configs/vit_mnist.yaml", *TINY_VIT, "--trainer.max_steps=1",
+            "--trainer.limit_val_batches=1", "--trainer.enable_model_summary=false"]
+    import wandb
+
+    dirs = []
+    for _ in range(2):  # two runs, as two `module14 fit` commands would make (one process each)
+        dirs.append(run_cli(*args).trainer.checkpoint_callback.dirpath)
+        wandb.finish()
+    assert dirs[0] != dirs[1]
+    for folder in dirs:
+        saved = yaml.safe_load(open(f"{folder}/config.yaml"))
+        assert saved["model"]["init_args"]["embed_dim"] == 32 and saved["data"]["class_path"].endswith("MNISTDataModule")
+    wandb_runs = list(tmp_path.glob("runs/wandb/offline-run-*/run-*.wandb"))  # offline runs, to sync later
+    assert len(wandb_runs) == 2
+    assert all(b'"embed_dim":32' in run.read_bytes() for run in wandb_runs)  # the config is in each W&B run
+
+
+def test_print_config_resolves_short_class_names(capsys):
+    from cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(args=["fit", "--model", "ViTClassifier", "--data", "MNISTDataModule", "--print_config"])
+    assert exit_.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"] == "lightning_modules.ViTClassifier"
+    assert printed["data"]["init_args"]["download"] is True
+
+
+def test_unknown_model_class_is_a_clear_error():
+    result = subprocess.run([sys.executable, "cli.py", "fit", "--model", "NoSuchModel", "--data", "MNISTDataModule"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "NoSuchModel" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unknown_config_key_is_a_clear_error():
+    result = subprocess.run([sys.executable, "cli.py", "fit", "--config", "configs/vit_mnist.yaml",
+                             "--model.embed_dimm=64"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "embed_dimm" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_patch_size_not_dividing_image_size_is_a_clear_error(run_cli):
+    with pytest.raises(ValueError, match="image size 28 is not divisible by patch size 5"):
+        run_cli("fit", "--config", "configs/vit_mnist.yaml", "--model.patch_size=5", "--trainer.fast_dev_run=true")
+
+
+def test_missing_data_root_is_a_clear_error(run_cli, tmp_path):
+    with pytest.raises(DatasetNotFoundError, match="MNIST not found under data root"):
+        run_cli("fit", "--config", "configs/vit_mnist.yaml", f"--data.data_dir={tmp_path}/empty",
+                "--data.download=false", "--trainer.fast_dev_run=true")
+
+
+def test_classifier_on_a_dataset_without_classes_is_a_clear_error(run_cli):
+    with pytest.raises(ValueError, match="needs a dataset with single-label classes"):
+        run_cli("fit", "--config", "configs/vit_mnist.yaml", "--data=CelebADataModule",
+                "--data.verify_integrity=false", "--trainer.fast_dev_run=true")

@@ -1,0 +1,125 @@
+"""DataModules on the real data in the data root: shapes, ranges, split sizes, integrity policy, clear errors."""
+
+import urllib.error
+
+import pytest
+import torch
+
+from datamodules import (
+    CelebADataModule,
+    CIFAR10DataModule,
+    DatasetIntegrityError,
+    DatasetNotFoundError,
+    MNISTDataModule,
+)
+
+
+def first_batch(dm, split="train"):
+    return next(iter(getattr(dm, f"{split}_dataloader")()))
+
+
+def test_mnist_shapes_ranges_and_splits(data_dir):
+    dm = MNISTDataModule(data_dir=str(data_dir), normalization="zero_one", val_size=5000, batch_size=16, num_workers=0)
+    dm.setup("fit")
+    dm.setup("test")
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (55000, 5000, 10000)
+    assert dm.dims == (1, 28, 28) and dm.num_classes == 10
+    x, y = first_batch(dm)
+    assert x.shape == (16, 1, 28, 28) and x.dtype == torch.float32 and y.shape == (16,)
+    assert x.min() >= 0 and x.max() <= 1 and x.max() > 0.99
+
+
+def test_mnist_padded_to_32_in_minus_one_one(data_dir):
+    dm = MNISTDataModule(data_dir=str(data_dir), image_size=32, normalization="minus_one_one", batch_size=8,
+                         num_workers=0)
+    dm.setup("fit")
+    x, _ = first_batch(dm, "val")
+    assert dm.dims == (1, 32, 32) and x.shape == (8, 1, 32, 32)
+    assert x.min() == -1 and x.max() == 1
+    assert torch.all(x[..., :2, :] == -1) and torch.all(x[..., :, -2:] == -1)  # zero padding = background
+
+
+def test_mnist_mean_std_is_standardised(data_dir):
+    dm = MNISTDataModule(data_dir=str(data_dir), batch_size=2000, num_workers=0)
+    dm.setup("fit")
+    x, _ = first_batch(dm, "val")
+    assert abs(x.mean()) < 0.05 and abs(x.std() - 1) < 0.05
+
+
+def test_split_is_seeded(data_dir):
+    def val_indices(seed):
+        dm = MNISTDataModule(data_dir=str(data_dir), seed=seed, val_size=0.1, num_workers=0)
+        dm.setup("fit")
+        return dm.val_set.indices[:20]
+
+    assert val_indices(1) == val_indices(1)
+    assert val_indices(1) != val_indices(2)
+
+
+def test_predict_split_size(data_dir):
+    dm = MNISTDataModule(data_dir=str(data_dir), predict_size=37, num_workers=0)
+    dm.setup("predict")
+    assert len(dm.predict_set) == 37
+
+
+def test_cifar10_subset_needs_permission_and_warns(data_dir):
+    with pytest.raises(DatasetIntegrityError, match="verify_integrity=false"):
+        CIFAR10DataModule(data_dir=str(data_dir)).setup("fit")
+    dm = CIFAR10DataModule(data_dir=str(data_dir), verify_integrity=False, augment="basic", batch_size=8,
+                           num_workers=0)
+    with pytest.warns(UserWarning, match="differ from torchvision's md5: cifar-10-batches-py/data_batch_1"):
+        dm.setup("fit")
+    dm.setup("test")
+    assert (len(dm.train_set) + len(dm.val_set), len(dm.test_set)) == (8068, 1017)
+    assert len(dm.val_set) == round(0.1 * 8068)
+    x, y = first_batch(dm)
+    assert x.shape == (8, 3, 32, 32) and dm.num_classes == 10 and y.max() < 10
+
+
+def test_celeba_subset_center_crop_64(data_dir):
+    dm = CelebADataModule(data_dir=str(data_dir), verify_integrity=False, normalization="minus_one_one",
+                          batch_size=4, num_workers=0)
+    with pytest.warns(UserWarning, match="list_bbox_celeba.txt, list_landmarks_align_celeba.txt absent"):
+        dm.setup("fit")
+    dm.setup("test")
+    assert (len(dm.train_set) + len(dm.val_set), len(dm.test_set)) == (3450, 480)
+    x, attrs = first_batch(dm)
+    assert dm.dims == (3, 64, 64) and x.shape == (4, 3, 64, 64)
+    assert x.min() >= -1 and x.max() <= 1 and attrs.shape == (4, 40)
+    assert dm.num_classes is None
+
+
+def test_missing_data_root_without_download(tmp_path):
+    dm = MNISTDataModule(data_dir=str(tmp_path / "nowhere"), download=False)
+    with pytest.raises(DatasetNotFoundError) as err:
+        dm.prepare_data()
+    message = str(err.value)
+    assert str(tmp_path / "nowhere") in message and "MNIST/raw/train-images-idx3-ubyte" in message
+    assert "data.data_dir" in message and "MODULE14_DATA_DIR" in message
+
+
+def test_failed_download_is_a_clear_error_not_a_urllib_traceback(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr("torchvision.datasets.mnist.download_and_extract_archive", offline)
+    dm = MNISTDataModule(data_dir=str(tmp_path), download=True)
+    with pytest.raises(DatasetNotFoundError, match="the download failed") as err:
+        dm.prepare_data()
+    assert "Missing: MNIST/raw/" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [({"val_size": 1.5}, "fraction"), ({"persistent_workers": True, "num_workers": 0}, "num_workers > 0"),
+     ({"image_size": 0}, "positive")],
+)
+def test_bad_settings_are_clear_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        MNISTDataModule(**kwargs)
+
+
+def test_val_size_larger_than_train_is_a_clear_error(data_dir):
+    dm = CelebADataModule(data_dir=str(data_dir), verify_integrity=False, val_size=5000)
+    with pytest.raises(ValueError, match="leaves no training images"):
+        dm.setup("fit")
