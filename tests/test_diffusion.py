@@ -260,16 +260,11 @@ def test_predict_writes_pngs(run_cli, tmp_path, sampler, steps):
     assert sorted(p.name for p in out.glob("*.png")) == [f"{i:06d}.png" for i in range(6)] + ["grid.png"]
 
 
-def test_fid_kid_logged_at_validation_end_with_classifier_features(run_cli, tmp_path):
-    vit = ["--model.init_args.depth=1", "--model.init_args.embed_dim=32", "--model.init_args.num_heads=2",
-           "--data.init_args.batch_size=8", "--trainer.max_epochs=1", "--trainer.limit_train_batches=1",
-           "--trainer.limit_val_batches=1"]
-    classifier = run_cli("fit", "--config", "configs/vit_mnist.yaml", *vit).trainer.checkpoint_callback.best_model_path
+def test_fid_kid_logged_at_validation_end_with_classifier_features(run_cli, vit_checkpoint):
     cli = run_cli("fit", "--config", "configs/ddpm_mnist.yaml", *FAST, "--trainer.max_epochs=1",
                   "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=2",
                   "--model.init_args.fid_every_n_epochs=1", "--model.init_args.fid_num_samples=6",
-                  "--model.init_args.fid_sampling_steps=2",
-                  f"--model.init_args.classifier_checkpoint={classifier}")
+                  "--model.init_args.fid_sampling_steps=2", f"--model.init_args.classifier_checkpoint={vit_checkpoint}")
     metrics = cli.trainer.callback_metrics
     assert torch.isfinite(metrics["val/fid_vit"]) and torch.isfinite(metrics["val/kid_vit"])
     assert metrics["val/fid_vit"] > 0
