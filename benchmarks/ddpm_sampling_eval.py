@@ -65,17 +65,25 @@ def evaluate(ckpt: Path, args) -> dict:
             chunks.append(to_unit_range(x, (-1.0, 1.0)))
             print(f"{name}: images {start}-{start + len(x)} in {seconds[-1]:.1f}s", flush=True)
         samples[name] = torch.cat(chunks)
+        torch.save(samples[name], out / f"samples_{name}.pt")  # for --fid-only
         results[f"{name}_seconds_64"] = round(seconds[0], 2)
         save_png(image_grid(samples[name][:64]), out / f"grid_{name}.png")
     results["speedup_ddim50_vs_ddpm1000"] = round(results["ddpm1000_seconds_64"] / results["ddim50_seconds_64"], 1)
-    if args.classifier:
+    add_quality(results, samples, args)
+    return results
+
+
+def add_quality(results: dict, samples: dict[str, torch.Tensor], args) -> None:
+    out = Path(args.out)
+    if args.classifier and Path(args.classifier).is_file():
         test = real_images(args.num_fid, train=False)
         for name, fake in samples.items():
             results[name] = quality(args.classifier, args.num_fid, test, fake)
         results["real_train_vs_test"] = quality(args.classifier, args.num_fid, test, real_images(args.num_fid, True))
+    else:
+        print(f"no classifier checkpoint at '{args.classifier}': FID/KID skipped (rerun with --fid-only)", flush=True)
     (out / "eval.json").write_text(json.dumps(results, indent=1))
     print(json.dumps(results, indent=1), flush=True)
-    return results
 
 
 def main() -> None:
@@ -86,10 +94,16 @@ def main() -> None:
                         help="ViTClassifier checkpoint for the features ('' to skip FID/KID)")
     parser.add_argument("--num-fid", type=int, default=128, help="samples per sampler (a multiple of 64)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--fid-only", action="store_true", help="FID/KID of the samples a previous run saved")
     args = parser.parse_args()
     args.out = args.out or str(Path(args.ckpt).parent)
     torch.set_num_threads(args.threads)
-    evaluate(Path(args.ckpt), args)
+    if args.fid_only:
+        out = Path(args.out)
+        results = json.loads((out / "eval.json").read_text())
+        add_quality(results, {name: torch.load(out / f"samples_{name}.pt") for name in SAMPLERS}, args)
+    else:
+        evaluate(Path(args.ckpt), args)
 
 
 if __name__ == "__main__":
