@@ -28,6 +28,12 @@ from lightning_modules.metrics import SampleQuality  # noqa: E402
 SAMPLERS = {"ddim50": dict(sampler="ddim", num_steps=50, eta=0.0), "ddpm1000": dict(sampler="ddpm", num_steps=None)}
 
 
+def parse_ddim(name: str) -> dict:
+    """``ddim<steps>_eta<eta>`` -> DDIM sampler arguments."""
+    steps, eta = name.removeprefix("ddim").split("_eta")
+    return dict(sampler="ddim", num_steps=int(steps), eta=float(eta))
+
+
 def real_images(n: int, train: bool) -> torch.Tensor:
     """n MNIST images (32 px, in [0, 1]) from the test split, or from the training split."""
     data = MNISTDataModule(image_size=32, normalization="zero_one", val_size=5000, batch_size=n, num_workers=0)
@@ -47,13 +53,15 @@ def quality(classifier: str, n: int, real: torch.Tensor, fake: torch.Tensor) -> 
 
 def evaluate(ckpt: Path, args) -> dict:
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     module = DiffusionModule.load_from_checkpoint(ckpt, map_location="cpu").eval()
     shape = tuple(module.hparams.image_shape)
     batch = 64
     noise = torch.randn((args.num_fid, *shape), generator=torch.Generator().manual_seed(0))
     results: dict = {"checkpoint": str(ckpt), "num_fid": args.num_fid, "threads": torch.get_num_threads()}
     samples = {}
-    for name, kwargs in SAMPLERS.items():
+    for name in args.samplers:
+        kwargs = SAMPLERS.get(name) or parse_ddim(name)
         chunks, seconds = [], []
         for start in range(0, args.num_fid, batch):
             g = torch.Generator().manual_seed(1000 + start)
@@ -68,7 +76,8 @@ def evaluate(ckpt: Path, args) -> dict:
         torch.save(samples[name], out / f"samples_{name}.pt")  # for --fid-only
         results[f"{name}_seconds_64"] = round(seconds[0], 2)
         save_png(image_grid(samples[name][:64]), out / f"grid_{name}.png")
-    results["speedup_ddim50_vs_ddpm1000"] = round(results["ddpm1000_seconds_64"] / results["ddim50_seconds_64"], 1)
+    if len(samples) == len(SAMPLERS):
+        results["speedup_ddim50_vs_ddpm1000"] = round(results["ddpm1000_seconds_64"] / results["ddim50_seconds_64"], 1)
     add_quality(results, samples, args)
     return results
 
@@ -93,6 +102,8 @@ def main() -> None:
     parser.add_argument("--classifier", default="/work/artifacts/vit_mnist.ckpt",
                         help="ViTClassifier checkpoint for the features ('' to skip FID/KID)")
     parser.add_argument("--num-fid", type=int, default=128, help="samples per sampler (a multiple of 64)")
+    parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS),
+                        help="ddim50, ddpm1000, or ddim<steps>_eta<eta> (e.g. ddim100_eta0.5)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--fid-only", action="store_true", help="FID/KID of the samples a previous run saved")
     args = parser.parse_args()
@@ -101,7 +112,7 @@ def main() -> None:
     if args.fid_only:
         out = Path(args.out)
         results = json.loads((out / "eval.json").read_text())
-        add_quality(results, {name: torch.load(out / f"samples_{name}.pt") for name in SAMPLERS}, args)
+        add_quality(results, {name: torch.load(out / f"samples_{name}.pt") for name in args.samplers}, args)
     else:
         evaluate(Path(args.ckpt), args)
 
