@@ -46,7 +46,7 @@ class DiffusionModule(L.LightningModule):
         trajectory_grid: also log a grid of x̂_0 along the sampling trajectory with the sample grids.
         fid_every_n_epochs: compute FID/KID (``SampleQuality``) every n validation epochs; 0 turns it off.
         fid_num_samples: generated and real images per FID/KID evaluation.
-        fid_sampling_steps: DDIM steps used to generate the FID/KID images.
+        fid_sampling_steps: DDIM steps (with ``ddim_eta``) used to generate the FID/KID images.
         fid_features, inception_weights, classifier_checkpoint, kid_subset_size: ``SampleQuality``'s arguments.
     """
 
@@ -187,7 +187,7 @@ class DiffusionModule(L.LightningModule):
         g = torch.Generator(device=self.device).manual_seed(self.hparams.sample_seed + 7919 * (self.global_rank + 1))
         for start in range(0, per_rank, batch):
             n = min(batch, per_rank - start)
-            fake = self.generate(n, g, sampler="ddim", num_steps=self.hparams.fid_sampling_steps, eta=0.0)
+            fake = self.generate(n, g, sampler="ddim", num_steps=self.hparams.fid_sampling_steps)
             self._metric().update(fake, real=False)
         scores = self._metric().compute()
         self.log_dict({f"val/{name}": value for name, value in scores.items()}, sync_dist=False)
