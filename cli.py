@@ -15,10 +15,13 @@ import os
 from pathlib import Path
 
 import lightning as L
+import numpy as np
+import torch
 import yaml
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback, _InstantiatorFn
 
 import lightning_modules  # noqa: F401  (registers the model classes for --model ShortName)
+from lightning_modules.callbacks import RNGStateCheckpoint, StopOnNonFiniteLoss
 from datamodules import ImageDataModule
 
 
@@ -60,12 +63,68 @@ class _OwnParametersInstantiator(_InstantiatorFn):
         return super().__call__(class_type, *args, applied_instantiation_links=links, **kwargs)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used with this run's config."""
+
+
+def read_checkpoint_hparams(path: str) -> dict:
+    """The model hyperparameters of a checkpoint, loaded without running pickled code (``weights_only``)."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(
+            f"cannot read checkpoint '{path}': the file is truncated, corrupted or not a PyTorch checkpoint "
+            f"({type(err).__name__}: {str(err).splitlines()[0]}). Use another checkpoint of the run (last.ckpt or the "
+            f"best one beside it). Checkpoints written by module14 load with weights_only=True; a file that needs "
+            f"pickled code is refused on purpose."
+        ) from err
+    if "state_dict" not in checkpoint:
+        raise CheckpointError(f"'{path}' holds no 'state_dict': it is not a Lightning checkpoint.")
+    return checkpoint.get("hyper_parameters", {})
+
+
 class Module14CLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # A link whose target the chosen model lacks is skipped, so every family shares these.
         parser.link_arguments("data.dims", "model.init_args.image_shape", apply_on="instantiate")
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.normalization", "model.init_args.normalization", apply_on="instantiate")
+        # Always on: per-rank random streams and exact resumption; no training on NaNs.
+        parser.add_lightning_class_args(RNGStateCheckpoint, "rng_state")
+        parser.add_lightning_class_args(StopOnNonFiniteLoss, "stop_on_non_finite_loss")
+
+    def _parse_ckpt_path(self) -> None:
+        """Refuse unreadable checkpoints and checkpoints of another model class with a clear message.
+
+        (Lightning's own version would show a zip-reader traceback, or silently switch the model to the checkpoint's
+        class.) Then let Lightning merge the checkpoint's hyperparameters into the config as usual.
+        """
+        self._checkpoint_hparams: dict = {}
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            self._checkpoint_hparams = read_checkpoint_hparams(ckpt_path)
+            saved = self._checkpoint_hparams.get("_class_path")
+            wanted = self.config[subcommand].model.class_path
+            if saved and wanted and saved.rsplit(".", 1)[-1] != wanted.rsplit(".", 1)[-1]:
+                raise CheckpointError(
+                    f"checkpoint '{ckpt_path}' holds a {saved.rsplit('.', 1)[-1]} but the config builds a "
+                    f"{wanted.rsplit('.', 1)[-1]}. Use the config the checkpoint was trained with (saved as "
+                    f"config.yaml beside it) or a checkpoint of this model."
+                )
+        super()._parse_ckpt_path()
+
+    def after_instantiate_classes(self) -> None:
+        """A checkpoint trained on other image shapes/classes than the datamodule provides is a clear error."""
+        model_hparams = getattr(self.model, "hparams", {})
+        for key in ("image_shape", "num_classes"):
+            saved, now = self._checkpoint_hparams.get(key), model_hparams.get(key)
+            if saved is not None and now is not None and tuple(np.atleast_1d(saved)) != tuple(np.atleast_1d(now)):
+                raise CheckpointError(
+                    f"the checkpoint was trained with {key}={saved} but the datamodule provides {key}={now}. Use the "
+                    f"data settings it was trained with (data.image_size, the dataset class; see the config.yaml "
+                    f"beside the checkpoint)."
+                )
 
     def _add_instantiators(self) -> None:
         for key, base, subclasses in (

@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--out", default="runs/bench_vit_mnist", help="folder for logs and checkpoints")
     parser.add_argument("--copy-best-to", default=None, help="also copy the best checkpoint here")
     args, extra = parser.parse_known_args()

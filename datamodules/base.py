@@ -15,6 +15,7 @@ from typing import Literal
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
+from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision.transforms import v2
 
 DATA_DIR_ENV = "MODULE14_DATA_DIR"
@@ -253,9 +254,12 @@ class ImageDataModule(L.LightningDataModule):
 
     # --------------------------------------------------------------------------------------------- loaders
     def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
+        """Training uses a StatefulDataLoader: Lightning stores its position (and shuffling state) in checkpoints, so
+        a run resumed mid-epoch sees exactly the batches an uninterrupted run would."""
         if dataset is None:
             raise RuntimeError("call setup() before asking for a dataloader")
-        return DataLoader(
+        loader_class = StatefulDataLoader if shuffle else DataLoader
+        return loader_class(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,

@@ -1,8 +1,25 @@
 """LightningModules (objectives and optimisation) and the callbacks they share."""
 
-from lightning_modules.callbacks import ClassificationWriter, ImageSampler, ImageWriter
+from lightning_modules.callbacks import (
+    ClassificationWriter,
+    ImageSampler,
+    ImageWriter,
+    RNGStateCheckpoint,
+    StopOnNonFiniteLoss,
+)
 from lightning_modules.classifier import ViTClassifier
 from lightning_modules.diffusion import DiffusionModule
 from lightning_modules.ema import EMA
+from lightning_modules.gan import GANModule
 
-__all__ = ["ClassificationWriter", "DiffusionModule", "EMA", "ImageSampler", "ImageWriter", "ViTClassifier"]
+__all__ = [
+    "ClassificationWriter",
+    "DiffusionModule",
+    "EMA",
+    "GANModule",
+    "ImageSampler",
+    "ImageWriter",
+    "RNGStateCheckpoint",
+    "StopOnNonFiniteLoss",
+    "ViTClassifier",
+]

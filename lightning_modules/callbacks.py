@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.distributed as dist
+from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from torch import Tensor
 
@@ -40,6 +42,19 @@ def _writable_dir(path: str | Path) -> Path:
     return folder
 
 
+def _rng_states() -> dict[str, Any]:
+    """Global RNG states in types ``torch.load(weights_only=True)`` accepts (numpy's key array as a list)."""
+    states = _collect_rng_states()
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    states["numpy"] = (kind, keys.tolist(), pos, has_gauss, gauss)
+    return states
+
+
+def _set_rng(states: dict[str, Any]) -> None:
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    _set_rng_states({**states, "numpy": (kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss)})
+
+
 def _gather(rows: list[Any]) -> list[Any]:
     """All ranks' rows on every rank (a no-op in one process)."""
     if not (dist.is_available() and dist.is_initialized()):
@@ -47,6 +62,77 @@ def _gather(rows: list[Any]) -> list[Any]:
     gathered: list[list[Any]] = [[] for _ in range(dist.get_world_size())]
     dist.all_gather_object(gathered, rows)
     return [row for part in gathered for row in part]
+
+
+class RNGStateCheckpoint(Callback):
+    """Per-rank random streams under DDP, and exact resumption of the global RNGs (torch, numpy, python, CUDA).
+
+    ``seed_everything`` seeds every DDP rank alike, so each rank would draw the same GAN noise, diffusion timesteps
+    and dropout masks; here rank r re-seeds with ``seed + r`` at setup (model weights are already built, and DDP
+    broadcasts rank 0's). Checkpoints store every rank's RNG state; a resumed run restores them just before its first
+    step, so with ``num_workers: 0`` and no random augmentation it retraces the uninterrupted run exactly.
+    The CLI adds this callback to every run.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._to_restore: list[dict] | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        seed = os.environ.get("PL_GLOBAL_SEED")
+        if seed is not None and trainer.world_size > 1:
+            L.seed_everything(int(seed) + trainer.global_rank, workers=True, verbose=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng_states": _gather([_rng_states()])}  # one entry per rank
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._to_restore = state_dict["rng_states"]
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        if self._to_restore is not None:
+            if len(self._to_restore) == trainer.world_size:
+                _set_rng(self._to_restore[trainer.global_rank])
+            self._to_restore = None
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss."""
+
+
+class StopOnNonFiniteLoss(Callback):
+    """Stops training at the first step whose loss is NaN or infinite, naming the step and the last good checkpoint.
+
+    Checks the loss ``training_step`` returns and every value logged with "loss" in its name (the GAN, with manual
+    optimisation, logs ``train/d_loss`` and ``train/g_loss``). It raises before any checkpoint of the broken weights
+    is written, so the last checkpoint on disk stays a good one. The CLI adds this callback to every run.
+    """
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        values = {name: value for name, value in trainer.callback_metrics.items() if "loss" in name}
+        returned = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(returned, Tensor):
+            values["training_step loss"] = returned.detach()
+        bad = sorted(name for name, value in values.items() if not torch.isfinite(value).all())
+        if not bad:
+            return
+        raise NonFiniteLossError(
+            f"non-finite loss ({', '.join(bad)}) at epoch {trainer.current_epoch}, batch {batch_idx} (global step "
+            f"{trainer.global_step}); training stopped. Last good checkpoint: {_newest_checkpoint(trainer) or 'none'}. "
+            f"Lower the learning rate, clip gradients, or use bf16-mixed instead of 16-mixed, then resume from it "
+            f"with --ckpt_path."
+        )
+
+
+def _newest_checkpoint(trainer: L.Trainer) -> str:
+    """The most recently written checkpoint of any ModelCheckpoint callback ('' if none)."""
+    paths = set()
+    for callback in trainer.checkpoint_callbacks:
+        paths |= {callback.last_model_path, callback.best_model_path, getattr(callback, "_last_checkpoint_saved", "")}
+    existing = [Path(p) for p in paths if p and Path(p).is_file()]
+    return str(max(existing, key=lambda p: p.stat().st_mtime)) if existing else ""
 
 
 class ImageSampler(Callback):

@@ -9,7 +9,7 @@ from torch import Tensor
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_modules.optim import decay_groups, warmup_cosine
+from lightning_modules.optim import decay_groups, total_training_steps, warmup_cosine
 from networks.vit import VisionTransformer
 
 
@@ -22,7 +22,8 @@ class ViTClassifier(L.LightningModule):
     Args:
         image_shape: (channels, height, width) of the input images.
         num_classes: number of classes.
-        patch_size, embed_dim, depth, num_heads, mlp_ratio, dropout: the ``VisionTransformer`` arguments.
+        patch_size, embed_dim, depth, num_heads, mlp_ratio, dropout, attn_dropout: the ``VisionTransformer``
+            arguments (``attn_dropout: null`` = ``dropout``, the spec; 0 keeps attention on the fused SDPA kernels).
         label_smoothing: cross-entropy label smoothing in [0, 1).
         lr: peak AdamW learning rate; weight_decay: AdamW decay on weight matrices only.
         warmup_fraction: fraction of all training steps spent in linear warm-up before the cosine decay.
@@ -38,6 +39,7 @@ class ViTClassifier(L.LightningModule):
         num_heads: int = 12,
         mlp_ratio: float = 4.0,
         dropout: float = 0.1,
+        attn_dropout: float | None = None,
         label_smoothing: float = 0.0,
         lr: float = 1e-3,
         weight_decay: float = 0.05,
@@ -58,6 +60,7 @@ class ViTClassifier(L.LightningModule):
         self.net = VisionTransformer(
             img_size=height, patch_size=patch_size, in_channels=channels, num_classes=num_classes,
             embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout,
+            attn_dropout=attn_dropout,
         )
         metrics = {"acc": MulticlassAccuracy(num_classes, top_k=1)}
         if num_classes >= 5:
@@ -95,6 +98,6 @@ class ViTClassifier(L.LightningModule):
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(decay_groups(self.net, self.hparams.weight_decay), lr=self.hparams.lr)
-        total = self.trainer.estimated_stepping_batches
+        total = total_training_steps(self.trainer)
         scheduler = warmup_cosine(optimizer, round(self.hparams.warmup_fraction * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

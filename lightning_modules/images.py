@@ -8,6 +8,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from PIL import Image
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
@@ -30,8 +31,12 @@ def image_grid(images: Tensor, padding: int = 2) -> Tensor:
 
 
 def save_png(image: Tensor, path: str | Path) -> None:
-    """Save one (C, H, W) image in [0, 1] as an 8-bit PNG."""
+    """Save one (C, H, W) image in [0, 1] as an 8-bit PNG: grayscale for one channel, RGB for three."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if image.dim() == 3 and image.shape[0] == 1:  # save_image would expand it to three channels
+        pixels = (image[0].float().clamp(0, 1) * 255).round().byte().cpu().numpy()
+        Image.fromarray(pixels).save(path)  # uint8 (H, W): mode "L"
+        return
     save_image(image.float().cpu(), str(path))
 
 

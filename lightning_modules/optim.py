@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import lightning as L
 import torch.nn as nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
@@ -41,3 +42,16 @@ def warmup_cosine(optimizer: Optimizer, warmup_steps: int, total_steps: int, min
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     return LambdaLR(optimizer, factor)
+
+
+def total_training_steps(trainer: L.Trainer) -> int:
+    """``trainer.estimated_stepping_batches``, without breaking exact mid-epoch resumption.
+
+    Estimating builds the training dataloader during ``configure_optimizers``, i.e. before Lightning restores a
+    checkpoint's loop state; the fit loop then keeps that loader and never applies the saved StatefulDataLoader
+    position, so a resumed run would restart its epoch's data. Dropping the loader here makes the fit loop build it
+    again after the restore, with the saved position.
+    """
+    total = trainer.estimated_stepping_batches
+    trainer.fit_loop._combined_loader = None
+    return total

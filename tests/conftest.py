@@ -29,11 +29,14 @@ def run_cli(tmp_path, monkeypatch):
     """
     monkeypatch.chdir(tmp_path)
 
-    def run(*args: str):
+    def run(*args: str, run: bool = True):
+        """``run=False`` instantiates without running (then args omit the subcommand)."""
         from cli import main
 
         resolved = [str(ROOT / a) if a.startswith("configs/") else a for a in args]
-        return main(args=resolved)
+        if not run:
+            resolved = resolved[1:] if resolved and resolved[0] in ("fit", "validate", "test", "predict") else resolved
+        return main(args=resolved, run=run)
 
     return run
 

@@ -1,0 +1,48 @@
+"""Test helpers importable by CLI runs: a callback recording every rank's weights and metrics, a model that goes NaN."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+
+class RecordRankState(Callback):
+    """Writes ``{stage}_rank{r}.pt`` = {"state": model state_dict, "metrics": callback_metrics} into ``folder``."""
+
+    def __init__(self, folder: str) -> None:
+        super().__init__()
+        self.folder = Path(folder)
+
+    def _save(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        torch.save(
+            {
+                "state": {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()},
+                "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+            },
+            self.folder / f"{stage}_rank{trainer.global_rank}.pt",
+        )
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save(trainer, pl_module, "fit")
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking and trainer.state.fn == "validate":
+            self._save(trainer, pl_module, "validate")
+
+
+from lightning_modules.classifier import ViTClassifier  # noqa: E402
+
+
+class NaNAfterStep(ViTClassifier):
+    """A ViTClassifier whose loss turns NaN from training step ``nan_step`` on (for the non-finite-loss test)."""
+
+    def __init__(self, nan_step: int = 3, **kwargs) -> None:
+        super().__init__(**kwargs)
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        return loss * float("nan") if self.global_step >= self.hparams.nan_step else loss

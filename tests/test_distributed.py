@@ -1,0 +1,72 @@
+"""2-process CPU DDP (gloo) through the real CLI: ranks agree, metrics are reduced, files are written once, and a
+DDP checkpoint continues in one process."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, TINY_VIT
+
+pytestmark = pytest.mark.slow
+
+DDP = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.precision=32-true"]
+CSV_LOGGER = ["--trainer.logger=CSVLogger", "--trainer.logger.init_args.save_dir=runs"]
+
+
+def cli(cwd: Path, *args: str) -> None:
+    """Run ``cli.py`` in a subprocess (DDP launches its second rank by re-running the same command)."""
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}", OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], cwd=cwd, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def record(folder: Path) -> list[str]:
+    return ["--trainer.callbacks+=rank_state.RecordRankState", f"--trainer.callbacks.init_args.folder={folder}"]
+
+
+def load(folder: Path, stage: str, rank: int) -> dict:
+    return torch.load(folder / f"{stage}_rank{rank}.pt", weights_only=True)
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=f"{key} differs")
+
+
+def test_vit_ddp_ranks_agree_metrics_reduce_predictions_once_and_checkpoint_resumes(tmp_path):
+    config = ["--config", str(ROOT / "configs/vit_mnist.yaml"), *TINY_VIT, *CSV_LOGGER, "--data.val_size=256",
+              "--data.batch_size=32", "--data.num_workers=0", "--trainer.enable_model_summary=false",
+              "--trainer.limit_train_batches=4"]
+    cli(tmp_path, "fit", *config, *DDP, "--trainer.max_epochs=1", *record(tmp_path / "ddp"))
+    rank0, rank1 = load(tmp_path / "ddp", "fit", 0), load(tmp_path / "ddp", "fit", 1)
+    assert_same_weights(rank0["state"], rank1["state"])
+    assert rank0["metrics"]["val/acc"] == rank1["metrics"]["val/acc"]  # reduced across ranks, not per-rank values
+    (checkpoint,) = tmp_path.glob("runs/lightning_logs/version_0/checkpoints/last.ckpt")
+    assert_same_weights(torch.load(checkpoint, weights_only=True)["state_dict"], rank0["state"])
+
+    # validation under DDP equals a single process on the same data
+    cli(tmp_path, "validate", *config, *DDP, f"--ckpt_path={checkpoint}", *record(tmp_path / "ddp_val"))
+    cli(tmp_path, "validate", *config, "--trainer.accelerator=cpu", "--trainer.devices=1",
+        "--trainer.precision=32-true", f"--ckpt_path={checkpoint}", *record(tmp_path / "single_val"))
+    ddp, single = load(tmp_path / "ddp_val", "validate", 0)["metrics"], load(tmp_path / "single_val", "validate", 0)["metrics"]
+    assert ddp["val/acc"] == pytest.approx(single["val/acc"], abs=1e-6)
+    assert ddp["val/loss"] == pytest.approx(single["val/loss"], rel=1e-5)
+
+    # predictions: every item exactly once (51 items over 2 ranks), one file written by rank 0
+    cli(tmp_path, "predict", *config, *DDP, "--data.predict_size=51", f"--ckpt_path={checkpoint}")
+    with open(tmp_path / "outputs/vit_mnist/predictions.csv") as f:
+        assert sorted(int(row["index"]) for row in csv.DictReader(f)) == list(range(51))
+
+    # the DDP checkpoint continues in one process
+    cli(tmp_path, "fit", *config, "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.max_epochs=2",
+        f"--ckpt_path={checkpoint}", *record(tmp_path / "resumed"))
+    resumed = load(tmp_path / "resumed", "fit", 0)
+    assert any(not torch.equal(resumed["state"][k], rank0["state"][k]) for k in rank0["state"])
