@@ -8,12 +8,16 @@ from lightning_modules.callbacks import (
     StopOnNonFiniteLoss,
 )
 from lightning_modules.classifier import ViTClassifier
+from lightning_modules.diffusion import DiffusionModule
+from lightning_modules.ema import EMA
 from lightning_modules.gan import GANModule
 from lightning_modules.vae import BetaVAEModule, VAEModule
 
 __all__ = [
     "BetaVAEModule",
     "ClassificationWriter",
+    "DiffusionModule",
+    "EMA",
     "GANModule",
     "ImageSampler",
     "ImageWriter",

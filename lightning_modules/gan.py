@@ -37,7 +37,6 @@ Design notes for Lightning's features:
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Literal
 
@@ -48,6 +47,7 @@ import torch.nn.functional as F
 from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor
 
+from lightning_modules.ema import EMA
 from lightning_modules.images import to_unit_range
 from lightning_modules.metrics import SampleQuality
 from networks.gan import DCGANDiscriminator, DCGANGenerator, Discriminator, Generator
@@ -138,10 +138,7 @@ class GANModule(L.LightningModule):
             raise ValueError(f"model.arch='{arch}': choose 'mlp' or 'dcgan'.")
 
         # The EMA copy is never trained: no gradients, not in any optimizer (so DDP ignores it); saved in checkpoints.
-        self.generator_ema = None
-        if ema_decay is not None:
-            self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
-            self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))  # for the warm-up; checkpointed
+        self.generator_ema = EMA(self.generator, ema_decay) if ema_decay is not None else None
 
         self.quality = None
         if quality_num_samples > 0:
@@ -169,7 +166,7 @@ class GANModule(L.LightningModule):
     @property
     def sampling_generator(self) -> nn.Module:
         """The EMA generator when ``ema_decay`` is set, else the trained one."""
-        return self.generator_ema if self.generator_ema is not None else self.generator
+        return self.generator_ema.module if self.generator_ema is not None else self.generator
 
     def sample_images(self, images: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         """Fixed-noise samples for ``ImageSampler`` (one per given image), in [0, 1]."""
@@ -223,24 +220,13 @@ class GANModule(L.LightningModule):
                 self.manual_backward(g_loss)
                 opt_g.step()
             self.log("train/g_loss", g_loss, prog_bar=True)
-            self._update_ema()
+            if self.generator_ema is not None:
+                self.generator_ema.update(self.generator)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Called inside optimizer.step(), after the 16-mixed grad scaler unscaled the gradients.
         if self.hparams.gradient_clip_val is not None:
             self.clip_gradients(optimizer, gradient_clip_val=self.hparams.gradient_clip_val, gradient_clip_algorithm="norm")
-
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        if self.generator_ema is None:
-            return
-        # Warm-up as in TensorFlow's ExponentialMovingAverage(num_updates): early averages do not drag in the random init.
-        decay = min(self.hparams.ema_decay, (1.0 + self.ema_updates.item()) / (10.0 + self.ema_updates.item()))
-        self.ema_updates += 1
-        for ema, param in zip(self.generator_ema.parameters(), self.generator.parameters()):
-            ema.lerp_(param.detach(), 1.0 - decay)
-        for ema, buffer in zip(self.generator_ema.buffers(), self.generator.buffers()):
-            ema.copy_(buffer)  # BatchNorm running statistics follow the trained generator
 
     def configure_optimizers(self):
         adam = dict(lr=self.hparams.lr, betas=tuple(self.hparams.betas))

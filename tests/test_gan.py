@@ -125,7 +125,7 @@ def test_one_step_updates_both_and_d_step_leaves_generator_untouched():
     # EMA after the first generator step: the warm-up decay min(0.5, (1 + 0) / (10 + 0)) = 0.1
     for ema, start, now in zip(model.generator_ema.parameters(), ema_init, model.generator.parameters()):
         torch.testing.assert_close(ema, 0.1 * start + 0.9 * now.detach())
-    assert model.ema_updates == 1
+    assert model.generator_ema.num_updates == 1
 
 
 def test_d_steps_per_g_step_and_label_smoothing():

@@ -1,0 +1,121 @@
+"""DDIM-50 vs 1000-step ancestral DDPM from one trained DiffusionModule checkpoint: wall time and FID/KID.
+
+    python benchmarks/ddpm_sampling_eval.py --ckpt runs/ddpm_budget/budget.ckpt --classifier /path/vit_mnist.ckpt
+
+(``benchmarks/ddpm_mnist_budget.py`` trains the checkpoint and then calls ``evaluate``.) Both samplers use the EMA
+weights, bf16 autocast on CPU, and the same initial noise; the first 64 images of each are timed and saved as a grid.
+FID/KID (``SampleQuality``, classifier features) compare ``--num-fid`` samples of each sampler with as many MNIST test
+images; the same metrics between two disjoint sets of real images give the floor at that sample count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from datamodules import MNISTDataModule  # noqa: E402
+from lightning_modules.diffusion import DiffusionModule  # noqa: E402
+from lightning_modules.images import image_grid, save_png, to_unit_range  # noqa: E402
+from lightning_modules.metrics import SampleQuality  # noqa: E402
+
+SAMPLERS = {"ddim50": dict(sampler="ddim", num_steps=50, eta=0.0), "ddpm1000": dict(sampler="ddpm", num_steps=None)}
+
+
+def parse_ddim(name: str) -> dict:
+    """``ddim<steps>_eta<eta>`` -> DDIM sampler arguments."""
+    steps, eta = name.removeprefix("ddim").split("_eta")
+    return dict(sampler="ddim", num_steps=int(steps), eta=float(eta))
+
+
+def real_images(n: int, train: bool) -> torch.Tensor:
+    """n MNIST images (32 px, in [0, 1]) from the test split, or from the training split."""
+    data = MNISTDataModule(image_size=32, normalization="zero_one", val_size=5000, batch_size=n, num_workers=0)
+    data.setup("fit" if train else "test")
+    loader = data.train_dataloader() if train else data.test_dataloader()
+    return next(iter(loader))[0][:n]
+
+
+def quality(classifier: str, n: int, real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
+    metric = SampleQuality(features="classifier", classifier_checkpoint=classifier, num_samples=n,
+                           kid_subset_size=min(100, n // 2))
+    for i in range(0, n, 256):
+        metric.update(real[i:i + 256], real=True)
+        metric.update(fake[i:i + 256], real=False)
+    return {k: round(float(v), 5) for k, v in metric.compute().items()}
+
+
+def evaluate(ckpt: Path, args) -> dict:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    module = DiffusionModule.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    shape = tuple(module.hparams.image_shape)
+    batch = 64
+    noise = torch.randn((args.num_fid, *shape), generator=torch.Generator().manual_seed(0))
+    results: dict = {"checkpoint": str(ckpt), "num_fid": args.num_fid, "threads": torch.get_num_threads()}
+    samples = {}
+    for name in args.samplers:
+        kwargs = SAMPLERS.get(name) or parse_ddim(name)
+        chunks, seconds = [], []
+        for start in range(0, args.num_fid, batch):
+            g = torch.Generator().manual_seed(1000 + start)
+            begin = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                x = module.diffusion.sample(module.ema.module, shape, noise=noise[start:start + batch], generator=g,
+                                            progress=False, **kwargs)
+            seconds.append(time.perf_counter() - begin)
+            chunks.append(to_unit_range(x, (-1.0, 1.0)))
+            print(f"{name}: images {start}-{start + len(x)} in {seconds[-1]:.1f}s", flush=True)
+        samples[name] = torch.cat(chunks)
+        torch.save(samples[name], out / f"samples_{name}.pt")  # for --fid-only
+        results[f"{name}_seconds_64"] = round(seconds[0], 2)
+        save_png(image_grid(samples[name][:64]), out / f"grid_{name}.png")
+    if len(samples) == len(SAMPLERS):
+        results["speedup_ddim50_vs_ddpm1000"] = round(results["ddpm1000_seconds_64"] / results["ddim50_seconds_64"], 1)
+    add_quality(results, samples, args)
+    return results
+
+
+def add_quality(results: dict, samples: dict[str, torch.Tensor], args) -> None:
+    out = Path(args.out)
+    if args.classifier and Path(args.classifier).is_file():
+        test = real_images(args.num_fid, train=False)
+        for name, fake in samples.items():
+            results[name] = quality(args.classifier, args.num_fid, test, fake)
+        results["real_train_vs_test"] = quality(args.classifier, args.num_fid, test, real_images(args.num_fid, True))
+    else:
+        print(f"no classifier checkpoint at '{args.classifier}': FID/KID skipped (rerun with --fid-only)", flush=True)
+    (out / "eval.json").write_text(json.dumps(results, indent=1))
+    print(json.dumps(results, indent=1), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", required=True)
+    parser.add_argument("--out", default=None, help="default: the checkpoint's folder")
+    parser.add_argument("--classifier", default="/work/artifacts/vit_mnist.ckpt",
+                        help="ViTClassifier checkpoint for the features ('' to skip FID/KID)")
+    parser.add_argument("--num-fid", type=int, default=128, help="samples per sampler (a multiple of 64)")
+    parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS),
+                        help="ddim50, ddpm1000, or ddim<steps>_eta<eta> (e.g. ddim100_eta0.5)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--fid-only", action="store_true", help="FID/KID of the samples a previous run saved")
+    args = parser.parse_args()
+    args.out = args.out or str(Path(args.ckpt).parent)
+    torch.set_num_threads(args.threads)
+    if args.fid_only:
+        out = Path(args.out)
+        results = json.loads((out / "eval.json").read_text())
+        add_quality(results, {name: torch.load(out / f"samples_{name}.pt") for name in args.samplers}, args)
+    else:
+        evaluate(Path(args.ckpt), args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+"""DDPM: a time-conditioned U-Net trained to denoise, an EMA copy of it for sampling, DDPM and DDIM samplers."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Literal
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.optim.lr_scheduler import LambdaLR
+
+from lightning_modules.ema import EMA
+from lightning_modules.metrics import FeatureChoice, SampleQuality
+from lightning_modules.images import to_unit_range
+from lightning_modules.optim import decay_groups
+from networks.diffusion import DDPMVariance, GaussianDiffusion, Prediction, Schedule
+from networks.unet import SimpleUNet
+
+DATA_RANGE = (-1.0, 1.0)
+
+
+class DiffusionModule(L.LightningModule):
+    """Denoising diffusion (Ho et al., 2020): random t per image, MSE on the network's prediction, EMA for sampling.
+
+    The EMA copy (``self.ema.module``) is what validation, ``sample_images`` grids and ``predict`` use; it is saved in
+    checkpoints with the live network.
+
+    Args:
+        image_shape: (channels, height, width), from the datamodule.
+        normalization: the data's normalization; must be ``minus_one_one`` (the process assumes data in [-1, 1]).
+        model_channels, num_res_blocks, channel_mult, attention_levels, num_heads, dropout, norm_groups: the
+            ``SimpleUNet`` arguments.
+        num_timesteps, schedule, beta_start, beta_end, prediction: the ``GaussianDiffusion`` arguments (T, "linear"
+            or "cosine" β schedule, and whether the network predicts "eps", "x0" or "v").
+        lr: AdamW learning rate, reached after ``warmup_steps`` of linear warm-up and then held (as in DDPM).
+        weight_decay: AdamW decay on weight matrices (DDPM: 0).
+        grad_clip_norm: clip the gradients' global norm to this (DDPM: 1); ``None`` for no clipping.
+        ema_decay: decay of the weights' EMA; ``ema_warmup`` ramps it up over the first updates.
+        sampler: "ddim" or "ddpm" (ancestral) for sample grids and ``predict``.
+        sampling_steps: DDIM steps (default 50); the DDPM sampler always takes all T steps (leave null or set T).
+        ddim_eta: DDIM's η (0: deterministic, 1: DDPM-like noise).
+        ddpm_variance: σ² of the ancestral sampler: "posterior" (β̃_t) or "beta" (β_t).
+        sample_seed: seed of the ``predict`` noise (combined with the rank and batch index).
+        trajectory_grid: also log a grid of x̂_0 along the sampling trajectory with the sample grids.
+        fid_every_n_epochs: compute FID/KID (``SampleQuality``) every n validation epochs; 0 turns it off.
+        fid_num_samples: generated and real images per FID/KID evaluation.
+        fid_sampling_steps: DDIM steps (with ``ddim_eta``) used to generate the FID/KID images.
+        fid_features, inception_weights, classifier_checkpoint, kid_subset_size: ``SampleQuality``'s arguments.
+    """
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int] = (1, 32, 32),
+        normalization: str = "minus_one_one",
+        model_channels: int = 64,
+        num_res_blocks: int = 2,
+        channel_mult: tuple[int, ...] = (1, 2, 4),
+        attention_levels: tuple[int, ...] = (),
+        num_heads: int = 1,
+        dropout: float = 0.0,
+        norm_groups: int = 8,
+        num_timesteps: int = 1000,
+        schedule: Schedule = "linear",
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        prediction: Prediction = "eps",
+        lr: float = 2e-4,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 5000,
+        grad_clip_norm: float | None = 1.0,
+        ema_decay: float = 0.9999,
+        ema_warmup: bool = True,
+        sampler: Literal["ddim", "ddpm"] = "ddim",
+        sampling_steps: int | None = None,
+        ddim_eta: float = 0.0,
+        ddpm_variance: DDPMVariance = "posterior",
+        sample_seed: int = 0,
+        trajectory_grid: bool = True,
+        fid_every_n_epochs: int = 0,
+        fid_num_samples: int = 1000,
+        fid_sampling_steps: int = 50,
+        fid_features: FeatureChoice = "auto",
+        inception_weights: str | None = None,
+        classifier_checkpoint: str | None = None,
+        kid_subset_size: int = 100,
+    ) -> None:
+        super().__init__()
+        if normalization != "minus_one_one":
+            raise ValueError(
+                f"DiffusionModule needs data in [-1, 1] but data.normalization is {normalization!r}; "
+                f"set data.init_args.normalization: minus_one_one."
+            )
+        if sampler == "ddpm" and sampling_steps not in (None, num_timesteps):
+            raise ValueError(
+                f"model.sampling_steps={sampling_steps}: the ancestral DDPM sampler takes all T={num_timesteps} "
+                f"steps; leave sampling_steps null or use sampler: ddim."
+            )
+        if fid_every_n_epochs < 0 or (fid_every_n_epochs and fid_num_samples < 2):
+            raise ValueError("fid_every_n_epochs must be >= 0 (0: off), and fid_num_samples >= 2 when it is on.")
+        self.save_hyperparameters()
+        self.net = SimpleUNet(
+            in_channels=image_shape[0], model_channels=model_channels, num_res_blocks=num_res_blocks,
+            channel_mult=tuple(channel_mult), attention_levels=tuple(attention_levels), num_heads=num_heads,
+            dropout=dropout, norm_groups=norm_groups,
+        )
+        self.ema = EMA(self.net, decay=ema_decay, warmup=ema_warmup)
+        self.diffusion = GaussianDiffusion(
+            num_timesteps, schedule, beta_start, beta_end, prediction=prediction, clip_range=DATA_RANGE
+        )
+        self.sampling_steps = sampling_steps or (num_timesteps if sampler == "ddpm" else min(50, num_timesteps))
+        # Kept out of the submodules (a plain list), so the feature network's weights stay out of our checkpoints;
+        # ``_metric`` moves it to the module's device.
+        self._quality: list[SampleQuality] = []
+        if fid_every_n_epochs:
+            self._quality.append(SampleQuality(
+                features=fid_features, inception_weights=inception_weights,
+                classifier_checkpoint=classifier_checkpoint, num_samples=fid_num_samples,
+                kid_subset_size=kid_subset_size,
+            ))
+        self._quality_real = 0  # real images fed to ``quality`` this validation epoch (this rank)
+
+    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
+        return self.net(x_t, t)
+
+    def _metric(self) -> SampleQuality:
+        return self._quality[0].to(self.device)
+
+    # --------------------------------------------------------------------------------------------- training
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x0 = batch[0]
+        t = torch.randint(0, self.diffusion.num_timesteps, (x0.shape[0],), device=x0.device)
+        loss = self.diffusion.loss(self.net, x0, t, torch.randn_like(x0))
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        return loss
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        self.ema.update(self.net)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        if gradient_clip_val is not None:
+            raise ValueError(
+                "DiffusionModule clips gradients itself: set model.init_args.grad_clip_norm instead of "
+                "trainer.gradient_clip_val."
+            )
+        if self.hparams.grad_clip_norm:
+            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip_norm, gradient_clip_algorithm="norm")
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(decay_groups(self.net, self.hparams.weight_decay), lr=self.hparams.lr)
+        warmup = max(1, self.hparams.warmup_steps)
+        scheduler = LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------------------------------- validation
+    def _eval_loss(self, x0: Tensor, batch_idx: int) -> Tensor:
+        """EMA network's loss with t and noise drawn from a per-batch seed: comparable across epochs."""
+        g = torch.Generator(device=x0.device).manual_seed(self.hparams.sample_seed + batch_idx)
+        t = torch.randint(0, self.diffusion.num_timesteps, (x0.shape[0],), device=x0.device, generator=g)
+        noise = torch.randn(x0.shape, device=x0.device, generator=g)
+        return self.diffusion.loss(self.ema.module, x0, t, noise)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x0 = batch[0]
+        self.log("val/loss", self._eval_loss(x0, batch_idx), on_epoch=True, prog_bar=True, sync_dist=True)
+        if self._quality_due():
+            per_rank = math.ceil(self.hparams.fid_num_samples / self.trainer.world_size)
+            real = x0[: max(0, per_rank - self._quality_real)]
+            if len(real):
+                self._metric().update(to_unit_range(real, DATA_RANGE), real=True)
+                self._quality_real += len(real)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self.log("test/loss", self._eval_loss(batch[0], batch_idx), on_epoch=True, sync_dist=True)
+
+    def _quality_due(self) -> bool:
+        every = self.hparams.fid_every_n_epochs
+        return bool(every) and not self.trainer.sanity_checking and (self.current_epoch + 1) % every == 0
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._quality_due():
+            return
+        per_rank = math.ceil(self.hparams.fid_num_samples / self.trainer.world_size)
+        batch = self.trainer.datamodule.batch_size if self.trainer.datamodule is not None else 64
+        g = torch.Generator(device=self.device).manual_seed(self.hparams.sample_seed + 7919 * (self.global_rank + 1))
+        for start in range(0, per_rank, batch):
+            n = min(batch, per_rank - start)
+            fake = self.generate(n, g, sampler="ddim", num_steps=self.hparams.fid_sampling_steps)
+            self._metric().update(fake, real=False)
+        scores = self._metric().compute()
+        self.log_dict({f"val/{name}": value for name, value in scores.items()}, sync_dist=False)
+        self._metric().reset()
+        self._quality_real = 0
+
+    # --------------------------------------------------------------------------------------------- sampling
+    def _autocast(self):
+        """The trainer's precision context (e.g. bf16 autocast) for sampling outside the training/predict steps."""
+        return self.trainer.precision_plugin.forward_context() if self._trainer is not None else contextlib.nullcontext()
+
+    @torch.no_grad()
+    def generate(
+        self, n: int, generator: torch.Generator | None = None, sampler: str | None = None,
+        num_steps: int | None = None, eta: float | None = None, trajectory: bool = False,
+    ) -> Tensor | tuple[Tensor, list[Tensor]]:
+        """``n`` images in [0, 1] from the EMA network; sampler settings default to the module's."""
+        sampler = sampler or self.hparams.sampler
+        if sampler == "ddim":  # the configured DDIM steps, or 50 when the configured sampler is DDPM
+            num_steps = num_steps or (self.sampling_steps if self.hparams.sampler == "ddim" else 50)
+        with self._autocast():
+            out = self.diffusion.sample(
+                self.ema.module, (n, *self.hparams.image_shape), sampler=sampler,
+                num_steps=num_steps,
+                eta=self.hparams.ddim_eta if eta is None else eta, variance=self.hparams.ddpm_variance,
+                generator=generator, device=self.device, trajectory=trajectory,
+            )
+        if trajectory:
+            images, path = out
+            return to_unit_range(images, DATA_RANGE), [to_unit_range(x0, DATA_RANGE) for x0 in path]
+        return to_unit_range(out, DATA_RANGE)
+
+    def sample_images(self, images: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        """Grids for ``ImageSampler``: samples from fixed noise, and optionally x̂_0 along the trajectory."""
+        if not self.hparams.trajectory_grid:
+            return {"samples": self.generate(len(images), generator)}
+        samples, path = self.generate(len(images), generator, trajectory=True)
+        columns = torch.linspace(0, len(path) - 1, min(10, len(path))).round().long().tolist()
+        rows = min(8, len(images))
+        trajectory = torch.stack([path[i][:rows] for i in columns], dim=1)  # (rows, cols, C, H, W)
+        return {"samples": samples, "trajectory": trajectory}
+
+    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        """One generated image per item of the batch (its pixels are ignored), in [0, 1]."""
+        seed = (self.hparams.sample_seed * 1_000_003 + self.global_rank * 100_003 + batch_idx) % (2**63)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        return self.generate(len(batch[0]), generator)

@@ -1,0 +1,272 @@
+"""DDPM: schedule math against closed forms, the U-Net's use of t, DDIM vs DDPM steps, EMA, training, CLI."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import torch.nn as nn
+
+from datamodules import MNISTDataModule
+from lightning_modules.diffusion import DiffusionModule
+from lightning_modules.ema import EMA
+from networks.diffusion import GaussianDiffusion
+from networks.unet import SimpleUNet
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(model_channels=16, num_res_blocks=1, channel_mult=(1, 2), norm_groups=8)
+
+
+def randomised(net: nn.Module) -> nn.Module:
+    """Undo the zero initialisation of the output layers, so an untrained network's output depends on its inputs."""
+    torch.manual_seed(0)
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            m.reset_parameters()
+    return net.eval()
+
+
+def spec_unet_class():
+    spec = importlib.util.spec_from_file_location("spec_simple_unet", ROOT / "benchmarks" / "spec_simple_unet.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.SpecSimpleUNet
+
+
+# ------------------------------------------------------------------------------------------------- schedule
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_schedule_matches_closed_forms(schedule):
+    d = GaussianDiffusion(1000, schedule)
+    betas = d.betas.double()
+    if schedule == "linear":
+        assert torch.allclose(betas, torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), atol=1e-9)
+    else:  # ᾱ_t = f(t+1)/f(0) with f(t) = cos²((t/T + s)/(1 + s) π/2)
+        f = lambda t: math.cos((t / 1000 + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+        for t in (0, 10, 500, 900):
+            assert d.alphas_cumprod[t].item() == pytest.approx(f(t + 1) / f(0), rel=1e-4)
+    alpha_bar = 1.0
+    for t in range(1000):  # ᾱ_t as the running product, independently of torch.cumprod
+        alpha_bar *= 1 - betas[t].item()
+        if t in (0, 1, 10, 500, 999):
+            assert d.alphas_cumprod[t].item() == pytest.approx(alpha_bar, rel=1e-5, abs=1e-12)
+
+    # Posterior q(x_{t-1} | x_t, x_0) by completing the square of q(x_t | x_{t-1}) q(x_{t-1} | x_0).
+    torch.manual_seed(0)
+    x0, x_t = torch.randn(5, 1, 4, 4), torch.randn(5, 1, 4, 4)
+    t = torch.tensor([1, 2, 50, 500, 999])
+    mean, var = d.q_posterior(x0, x_t, t)
+    x0, x_t = x0.double(), x_t.double()
+    alpha_bars = torch.cumprod(1 - betas, dim=0)
+    b, ab = betas[t][:, None, None, None], alpha_bars[t][:, None, None, None]
+    ab_prev = alpha_bars[t - 1][:, None, None, None]
+    precision = (1 - b) / b + 1 / (1 - ab_prev)
+    expected_mean = ((1 - b).sqrt() / b * x_t + ab_prev.sqrt() / (1 - ab_prev) * x0) / precision
+    assert torch.allclose(var.double(), (1 / precision).expand_as(var), rtol=1e-4)
+    assert torch.allclose(mean.double(), expected_mean, atol=1e-5)
+    # ... and the spec's ε-form of the same mean: (x_t - β/sqrt(1-ᾱ) ε) / sqrt(α), with ε the noise in x_t.
+    eps = (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
+    spec_mean = (x_t - b / (1 - ab).sqrt() * eps) / (1 - b).sqrt()
+    assert torch.allclose(mean.double(), spec_mean, atol=1e-5)
+
+
+def test_q_sample_at_large_t_is_standard_normal():
+    d = GaussianDiffusion(1000, "linear")
+    x0 = torch.ones(4096, 1, 8, 8)  # far from N(0, I)
+    torch.manual_seed(0)
+    x_T = d.q_sample(x0, torch.full((4096,), 999), torch.randn_like(x0))
+    assert abs(x_T.mean().item()) < 0.02
+    assert x_T.var().item() == pytest.approx(1.0, abs=0.02)
+    x_early = d.q_sample(x0, torch.full((4096,), 0), torch.randn_like(x0))
+    assert x_early.mean().item() == pytest.approx(1.0, abs=0.02)  # t = 0 barely moves the data
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_prediction_targets_invert(prediction):
+    """A network that outputs the exact target recovers x_0 and ε, for every parameterisation."""
+    d = GaussianDiffusion(100, "cosine", prediction=prediction, clip_range=None)
+    torch.manual_seed(0)
+    x0, noise, t = torch.rand(6, 1, 4, 4) * 2 - 1, torch.randn(6, 1, 4, 4), torch.randint(0, 100, (6,))
+    x_t = d.q_sample(x0, t, noise)
+    oracle = lambda x, tt: d.target(x0, t, noise)  # noqa: E731
+    x0_hat, eps_hat = d.predict_x0_eps(oracle, x_t, t)
+    assert torch.allclose(x0_hat, x0, atol=1e-4) and torch.allclose(eps_hat, noise, atol=1e-3)
+    assert d.loss(oracle, x0, t, noise).item() < 1e-10
+
+
+# -------------------------------------------------------------------------------------------------- network
+def test_unet_output_depends_on_t():
+    net = randomised(SimpleUNet(in_channels=1, **TINY))
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        out_a, out_b = net(x, torch.tensor([10, 10])), net(x, torch.tensor([900, 900]))
+    assert out_a.shape == x.shape
+    assert (out_a - out_b).abs().max() > 1e-3
+    # The spec's SimpleUNet fails this: its time embedding is computed and never used.
+    spec = randomised(spec_unet_class()(in_channels=1, model_channels=64))
+    with torch.no_grad():
+        assert torch.equal(spec(x, torch.tensor([10, 10])), spec(x, torch.tensor([900, 900])))
+
+
+def test_unet_arguments_do_what_they_say():
+    def params(**kw):
+        return sum(p.numel() for p in SimpleUNet(in_channels=1, **{**TINY, **kw}).parameters())
+
+    assert params(num_res_blocks=2) > params(num_res_blocks=1)
+    assert SimpleUNet(model_channels=32).time_embed[0].in_features == 32  # embedding width follows model_channels
+    net = SimpleUNet(in_channels=1, **{**TINY, "attention_levels": (0,)})
+    assert sum("AttentionBlock" == type(m).__name__ for m in net.down[0].modules()) == 1
+    assert sum("AttentionBlock" == type(m).__name__ for m in net.down[1].modules()) == 0
+    with torch.no_grad():
+        assert net(torch.randn(1, 1, 8, 8), torch.tensor([3])).shape == (1, 1, 8, 8)
+    with pytest.raises(ValueError, match="divisible"):
+        net(torch.randn(1, 1, 7, 7), torch.tensor([3]))
+
+
+def test_ddpm_paper_cifar10_configuration_has_35_7m_parameters():
+    net = SimpleUNet(model_channels=128, channel_mult=(1, 2, 2, 2), attention_levels=(1,), dropout=0.1,
+                     norm_groups=32)
+    assert sum(p.numel() for p in net.parameters()) == pytest.approx(35.7e6, rel=0.005)
+
+
+# ------------------------------------------------------------------------------------------------- samplers
+def test_ddim_eta1_all_steps_equals_ancestral_ddpm_step():
+    d = GaussianDiffusion(200, "linear")
+    net = randomised(SimpleUNet(in_channels=1, **TINY))
+    assert d.ddim_timesteps(200) == list(range(199, -1, -1))
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        for step in (199, 120, 30, 1, 0):
+            t = torch.full((4,), step)
+            ddpm_mean, ddpm_var, _ = d.ddpm_mean_variance(net, x, t, "posterior")
+            ddim_mean, ddim_var, _ = d.ddim_mean_variance(net, x, t, t - 1, eta=1.0)
+            assert torch.allclose(ddim_mean, ddpm_mean, atol=1e-5), step
+            assert torch.allclose(ddim_var, ddpm_var, rtol=1e-4, atol=1e-10), step
+            _, ddim0_var, _ = d.ddim_mean_variance(net, x, t, t - 1, eta=0.0)
+            assert ddim0_var.abs().max() == 0
+
+
+def test_ddim_eta0_is_deterministic_and_samplers_clamp_and_restore_mode():
+    d = GaussianDiffusion(100, "linear")
+    net = randomised(SimpleUNet(in_channels=1, **TINY)).train()
+    noise = torch.randn(3, 1, 8, 8)
+    runs = [d.sample(net, noise.shape, "ddim", 10, eta=0.0, noise=noise,
+                     generator=torch.Generator().manual_seed(seed)) for seed in (1, 2)]
+    assert torch.equal(runs[0], runs[1])
+    noisy = [d.sample(net, noise.shape, "ddim", 10, eta=1.0, noise=noise,
+                      generator=torch.Generator().manual_seed(seed)) for seed in (1, 2)]
+    assert not torch.equal(noisy[0], noisy[1])  # η = 1 does inject the generator's noise
+    out, path = d.sample(net, noise.shape, "ddpm", None, generator=torch.Generator().manual_seed(0), trajectory=True)
+    assert len(path) == 100 and out.min() >= -1 and out.max() <= 1
+    assert net.training  # put back in train mode
+    with pytest.raises(ValueError, match="ddim"):
+        d.sample(net, noise.shape, "ddpm", 10)
+
+
+# ------------------------------------------------------------------------------------- module, EMA, training
+def tiny_module(**kw) -> DiffusionModule:
+    args = dict(image_shape=(1, 32, 32), num_timesteps=100, lr=2e-3, warmup_steps=10, ema_decay=0.9,
+                sampling_steps=5, **TINY)
+    return DiffusionModule(**{**args, **kw})
+
+
+class LossLog(L.Callback):
+    def __init__(self):
+        self.losses = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(float(outputs["loss"]))
+
+
+def fit(module, data_dir, steps, batch_size=32):
+    data = MNISTDataModule(data_dir=str(data_dir), image_size=32, normalization="minus_one_one", val_size=500,
+                           batch_size=batch_size, num_workers=0)
+    log = LossLog()
+    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[log])
+    trainer.fit(module, datamodule=data)
+    return trainer, log.losses
+
+
+def test_loss_decreases_on_mnist_and_ema_is_used_and_checkpointed(data_dir, tmp_path):
+    torch.manual_seed(0)
+    module = tiny_module()
+    trainer, losses = fit(module, data_dir, steps=200, batch_size=16)
+    first, last = sum(losses[:30]) / 30, sum(losses[-30:]) / 30
+    assert last < 0.6 * first, (first, last)
+
+    live, ema = dict(module.net.named_parameters()), dict(module.ema.module.named_parameters())
+    assert max((live[k] - ema[k]).abs().max().item() for k in live) > 1e-4
+    assert int(module.ema.num_updates) == 200
+
+    # Sampling uses the EMA network: same noise, same result as sampling the EMA copy directly.
+    generated = module.generate(2, torch.Generator().manual_seed(0))
+    by_hand = module.diffusion.sample(module.ema.module, (2, 1, 32, 32), "ddim", 5,
+                                      generator=torch.Generator().manual_seed(0))
+    with_live = module.diffusion.sample(module.net, (2, 1, 32, 32), "ddim", 5,
+                                        generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(generated, (by_hand + 1) / 2, atol=1e-6)
+    assert not torch.allclose(generated, (with_live + 1) / 2, atol=1e-3)
+
+    trainer.save_checkpoint(tmp_path / "ddpm.ckpt")
+    restored = DiffusionModule.load_from_checkpoint(tmp_path / "ddpm.ckpt")
+    for name, param in restored.ema.module.named_parameters():
+        assert torch.equal(param, ema[name]), name
+    assert int(restored.ema.num_updates) == 200
+
+
+def test_ema_update_math():
+    net = nn.Linear(2, 2)
+    ema = EMA(net, decay=0.5, warmup=False)
+    before = net.weight.detach().clone()
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    ema.update(net)
+    assert torch.allclose(ema.module.weight, before + 0.5)
+    assert not ema.module.weight.requires_grad
+    with pytest.raises(ValueError):
+        EMA(net, decay=1.0)
+
+
+def test_wrong_normalization_is_rejected():
+    with pytest.raises(ValueError, match="minus_one_one"):
+        tiny_module(normalization="zero_one")
+
+
+# ----------------------------------------------------------------------------------------------------- CLI
+# CPU-sized overrides: the CIFAR-10/CelebA configs are the paper-sized GPU models.
+FAST = ["--model.init_args.model_channels=16", "--model.init_args.norm_groups=8", "--model.init_args.sampling_steps=2",
+        "--data.init_args.batch_size=4"]
+
+
+@pytest.mark.parametrize("config", ["ddpm_mnist"])  # every config's fast_dev_run is in test_cli
+def test_config_fast_dev_run(run_cli, config):
+    cli = run_cli("fit", "--config", f"configs/{config}.yaml", "--trainer.fast_dev_run=true", *FAST)
+    assert cli.trainer.state.finished
+    sampler = next(c for c in cli.trainer.callbacks if type(c).__name__ == "ImageSampler")
+    assert set(sampler.logged) == {"samples", "trajectory"}
+
+
+@pytest.mark.parametrize("sampler, steps", [("ddim", "3"), ("ddpm", "null")])
+def test_predict_writes_pngs(run_cli, tmp_path, sampler, steps):
+    run_cli("predict", "--config", "configs/ddpm_mnist.yaml", *FAST, "--data.init_args.predict_size=6",
+            "--model.init_args.num_timesteps=20", f"--model.init_args.sampler={sampler}",
+            f"--model.init_args.sampling_steps={steps}")
+    out = tmp_path / "outputs" / "ddpm_mnist"
+    assert sorted(p.name for p in out.glob("*.png")) == [f"{i:06d}.png" for i in range(6)] + ["grid.png"]
+
+
+def test_fid_kid_logged_at_validation_end_with_classifier_features(run_cli, vit_checkpoint):
+    cli = run_cli("fit", "--config", "configs/ddpm_mnist.yaml", *FAST, "--trainer.max_epochs=1",
+                  "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=2",
+                  "--model.init_args.fid_every_n_epochs=1", "--model.init_args.fid_num_samples=6",
+                  "--model.init_args.fid_sampling_steps=2", f"--model.init_args.classifier_checkpoint={vit_checkpoint}")
+    metrics = cli.trainer.callback_metrics
+    assert torch.isfinite(metrics["val/fid_vit"]) and torch.isfinite(metrics["val/kid_vit"])
+    assert metrics["val/fid_vit"] > 0
+    saved = torch.load(cli.trainer.checkpoint_callback.last_model_path, weights_only=False)["state_dict"]
+    assert not any(key.startswith("_quality") or "extractor" in key for key in saved)  # feature net not saved
