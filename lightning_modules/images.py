@@ -43,6 +43,8 @@ def save_png(image: Tensor, path: str | Path) -> None:
 def log_image(trainer: L.Trainer, key: str, image: Tensor) -> list[str]:
     """Log one (C, H, W) image in [0, 1] to every logger that takes images; PNG file if none does.
 
+    Makes no collective calls, so it may run on rank 0 alone.
+
     Returns where it went (logger names and/or the PNG path), for messages and tests.
     """
     step = trainer.global_step
@@ -56,7 +58,9 @@ def log_image(trainer: L.Trainer, key: str, image: Tensor) -> list[str]:
             logger.experiment.add_image(key, image.cpu(), global_step=step)
             sent.append("tensorboard")
     if not sent:
-        folder = Path(trainer.log_dir or trainer.default_root_dir) / "images"
+        # Not trainer.log_dir: it broadcasts, and this runs on rank 0 only (a DDP deadlock).
+        log_dir = getattr(trainer.logger, "log_dir", None) if trainer.logger is not None else None
+        folder = Path(log_dir or trainer.default_root_dir) / "images"
         path = folder / f"{key.replace('/', '_')}_epoch{trainer.current_epoch:03d}_step{step:07d}.png"
         save_png(image, path)
         sent.append(str(path))

@@ -39,7 +39,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from lightning_modules.images import to_unit_range
-from lightning_modules.optim import warmup_cosine
+from lightning_modules.optim import total_training_steps, warmup_cosine
 from networks.vae import ConvVAE, GaussianLatentAutoencoder, VAE
 
 VALUE_RANGES = {"zero_one": (0.0, 1.0), "minus_one_one": (-1.0, 1.0)}
@@ -389,7 +389,7 @@ class VAEModule(L.LightningModule):
         optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
         if self.hparams.lr_schedule == "constant":
             return optimizer
-        scheduler = warmup_cosine(optimizer, 0, self.trainer.estimated_stepping_batches)
+        scheduler = warmup_cosine(optimizer, 0, total_training_steps(self.trainer))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 

@@ -11,6 +11,9 @@ CSV_LOGGER = ["--trainer.logger=CSVLogger", "--trainer.logger.init_args.save_dir
 FAMILIES = {
     "vit": ["--config", "configs/vit_mnist.yaml", *TINY_VIT],
     "gan": ["--config", "configs/dcgan_mnist.yaml", "--model.feature_maps=8"],
+    "vae": ["--config", "configs/vae_cifar10.yaml"],
+    "diffusion": ["--config", "configs/ddpm_mnist.yaml", "--model.init_args.model_channels=16",
+                  "--model.init_args.norm_groups=8", "--model.init_args.sampling_steps=2"],
 }
 
 
