@@ -12,13 +12,16 @@ from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 
 from lightning_modules.ema import EMA
-from lightning_modules.metrics import FeatureChoice, SampleQuality
 from lightning_modules.images import to_unit_range
+from lightning_modules.metrics import FeatureChoice, SampleQuality
 from lightning_modules.optim import decay_groups
+from lightning_modules.rng import seeded_generator
 from networks.diffusion import DDPMVariance, GaussianDiffusion, Prediction, Schedule
 from networks.unet import SimpleUNet
 
 DATA_RANGE = (-1.0, 1.0)
+
+_FID_STREAM, _PREDICT_STREAM = 0, 1  # keys of the seeded noise streams (see lightning_modules/rng.py)
 
 
 class DiffusionModule(L.LightningModule):
@@ -157,7 +160,7 @@ class DiffusionModule(L.LightningModule):
     # ------------------------------------------------------------------------------------------- validation
     def _eval_loss(self, x0: Tensor, batch_idx: int) -> Tensor:
         """EMA network's loss with t and noise drawn from a per-batch seed: comparable across epochs."""
-        g = torch.Generator(device=x0.device).manual_seed(self.hparams.sample_seed + batch_idx)
+        g = seeded_generator(x0.device, self.hparams.sample_seed, batch_idx)
         t = torch.randint(0, self.diffusion.num_timesteps, (x0.shape[0],), device=x0.device, generator=g)
         noise = torch.randn(x0.shape, device=x0.device, generator=g)
         return self.diffusion.loss(self.ema.module, x0, t, noise)
@@ -184,7 +187,7 @@ class DiffusionModule(L.LightningModule):
             return
         per_rank = math.ceil(self.hparams.fid_num_samples / self.trainer.world_size)
         batch = self.trainer.datamodule.batch_size if self.trainer.datamodule is not None else 64
-        g = torch.Generator(device=self.device).manual_seed(self.hparams.sample_seed + 7919 * (self.global_rank + 1))
+        g = seeded_generator(self.device, self.hparams.sample_seed, self.global_rank, _FID_STREAM)
         for start in range(0, per_rank, batch):
             n = min(batch, per_rank - start)
             fake = self.generate(n, g, sampler="ddim", num_steps=self.hparams.fid_sampling_steps)
@@ -232,6 +235,5 @@ class DiffusionModule(L.LightningModule):
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         """One generated image per item of the batch (its pixels are ignored), in [0, 1]."""
-        seed = (self.hparams.sample_seed * 1_000_003 + self.global_rank * 100_003 + batch_idx) % (2**63)
-        generator = torch.Generator(device=self.device).manual_seed(seed)
+        generator = seeded_generator(self.device, self.hparams.sample_seed, self.global_rank, _PREDICT_STREAM, batch_idx)
         return self.generate(len(batch[0]), generator)

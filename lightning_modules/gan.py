@@ -50,6 +50,7 @@ from torch import Tensor
 from lightning_modules.ema import EMA
 from lightning_modules.images import to_unit_range
 from lightning_modules.metrics import SampleQuality
+from lightning_modules.rng import seeded_generator
 from networks.gan import DCGANDiscriminator, DCGANGenerator, Discriminator, Generator
 
 # Noise streams (part of the seed of each torch.Generator).
@@ -152,8 +153,7 @@ class GANModule(L.LightningModule):
     # ------------------------------------------------------------------------------------------------ sampling
     def _rng(self, stream: int, *key: int) -> torch.Generator:
         """A generator seeded from (noise_seed, rank, stream, *key): reproducible, and different on every rank."""
-        seed = hash((self.hparams.noise_seed, self.global_rank, stream) + key) % (2**63)
-        return torch.Generator(device=self.device).manual_seed(seed)
+        return seeded_generator(self.device, self.hparams.noise_seed, self.global_rank, stream, *key)
 
     def noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         return torch.randn(n, self.hparams.latent_dim, device=self.device, generator=generator)  # (n, latent_dim)

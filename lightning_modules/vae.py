@@ -40,6 +40,7 @@ from torchmetrics import Metric
 
 from lightning_modules.images import to_unit_range
 from lightning_modules.optim import total_training_steps, warmup_cosine
+from lightning_modules.rng import seeded_generator
 from networks.vae import ConvVAE, GaussianLatentAutoencoder, VAE
 
 VALUE_RANGES = {"zero_one": (0.0, 1.0), "minus_one_one": (-1.0, 1.0)}
@@ -259,7 +260,7 @@ class VAEModule(L.LightningModule):
             return x
         generator = None
         if batch_idx is not None:
-            generator = torch.Generator(device=x.device).manual_seed(1_000_003 * self.global_rank + batch_idx)
+            generator = seeded_generator(x.device, self.global_rank, batch_idx)
         return torch.bernoulli(x.float(), generator=generator)
 
     @property
@@ -342,8 +343,7 @@ class VAEModule(L.LightningModule):
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         """One prior sample per item of the batch, images in [0, 1]; the noise depends on (seed, rank, batch)."""
-        seed = (self.hparams.sample_seed * 1_000_003 + self.global_rank) * 1_000_003 + batch_idx
-        generator = torch.Generator(device=self.device).manual_seed(seed % 2**63)
+        generator = seeded_generator(self.device, self.hparams.sample_seed, self.global_rank, batch_idx)
         return self.generate(batch[0].shape[0], generator)
 
     # ------------------------------------------------------------------------------------------- images
