@@ -232,7 +232,8 @@ class ImageDataModule(L.LightningDataModule):
         return n_val
 
     def setup(self, stage: str | None = None) -> None:
-        self.check_files()
+        if self.train_set is None and self.test_set is None:  # once, before the first dataset is built
+            self.check_files()
         if stage in (None, "fit", "validate") and self.train_set is None:
             train_full = self.make_dataset(train=True, transform=self.train_transform())
             val_full = self.make_dataset(train=True, transform=self.eval_transform())
