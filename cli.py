@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import inspect
 import os
+import signal
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -19,10 +21,14 @@ import numpy as np
 import torch
 import yaml
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback, _InstantiatorFn
+from lightning.pytorch.plugins.precision import MixedPrecision
+from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import lightning_modules  # noqa: F401  (registers the model classes for --model ShortName)
-from lightning_modules.callbacks import RNGStateCheckpoint, StopOnNonFiniteLoss
-from datamodules import ImageDataModule
+from lightning_modules.callbacks import NonFiniteLossError, RNGStateCheckpoint, StopOnNonFiniteLoss
+from lightning_modules.precision import probe_cpu_precision, resolve_precision
+from datamodules import DatasetIntegrityError, ImageDataModule
 
 
 class RunConfigSaver(SaveConfigCallback):
@@ -130,8 +136,33 @@ class Module14CLI(LightningCLI):
                 )
         super()._parse_ckpt_path()
 
+    def before_instantiate_classes(self) -> None:
+        """``trainer.precision: null`` (what the configs say) means: the fastest precision on this machine."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        self._probe_precision, self._precision_reason = False, None
+        if config.trainer.get("precision") is None:
+            precision, self._precision_reason = resolve_precision(str(config.trainer.get("accelerator") or "auto"))
+            if precision is None:  # a native-bf16 CPU: time the model, in a single-process fit
+                self._probe_precision = self.subcommand in ("fit", None) and config.trainer.get("devices") in ("auto", 1)
+                if not self._probe_precision:
+                    self._precision_reason = "CPU with native bf16, but timing both precisions is for 1-process fit"
+            config.trainer.precision = precision or "32-true"
+
+    def _choose_precision(self) -> None:
+        """Time the model in both precisions where the hardware cannot tell (see ``lightning_modules.precision``)."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if self._probe_precision:
+            precision, self._precision_reason = probe_cpu_precision(self.model, self.datamodule)
+            if precision != config.trainer.precision:
+                self.trainer.strategy.precision_plugin = MixedPrecision(precision, "cpu")
+                config.trainer.precision = precision  # config.yaml records what ran
+        if self._precision_reason and rank_zero_only.rank == 0:
+            print(f"module14: precision {self.trainer.precision} ({self._precision_reason}); "
+                  f"--trainer.precision chooses", file=sys.stderr)
+
     def after_instantiate_classes(self) -> None:
         """A checkpoint trained on other image shapes/classes than the datamodule provides is a clear error."""
+        self._choose_precision()
         model_hparams = getattr(self.model, "hparams", {})
         for key in ("image_shape", "num_classes"):
             saved, now = self._checkpoint_hparams.get(key), model_hparams.get(key)
@@ -150,7 +181,19 @@ class Module14CLI(LightningCLI):
             self.parser.add_instantiator(_OwnParametersInstantiator(cli=self, key=key), base, subclasses=subclasses)
 
 
-def main(args: ArgsType = None, run: bool = True) -> Module14CLI:
+# Errors whose message says what is wrong and how to fix it: the console script prints the message, not a traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, DatasetIntegrityError,
+               NonFiniteLossError)
+_received_sigint: list[int] = []
+
+
+def _record_sigint(signum: int, frame) -> None:
+    _received_sigint.append(signum)
+    raise KeyboardInterrupt
+
+
+def build_cli(args: ArgsType = None, run: bool = True) -> Module14CLI:
+    """The CLI object, for scripts and tests: ``build_cli(["fit", "--config", ...])`` runs and returns it."""
     os.environ.setdefault("WANDB_MODE", "offline")  # no account or network needed; WANDB_MODE=online to sync
     return Module14CLI(
         model_class=L.LightningModule,
@@ -164,5 +207,38 @@ def main(args: ArgsType = None, run: bool = True) -> Module14CLI:
     )
 
 
+def main(args: ArgsType = None) -> int:
+    """The ``module14`` console script: runs the CLI and returns the process exit status.
+
+    0: the command finished. 1: it failed (an error message, or a traceback for an unexpected error). 2: the command
+    line or config is invalid (jsonargparse's usage error). 130 / 143: stopped by SIGINT (Ctrl-C) / SIGTERM.
+    """
+    signal.signal(signal.SIGINT, _record_sigint)  # Lightning turns Ctrl-C into exit(1); remember it was a signal
+    cli = None
+    try:
+        cli = build_cli(args)
+        status = 0
+    except SIGTERMException:  # a SystemExit without a code
+        status = 128 + signal.SIGTERM
+    except KeyboardInterrupt:
+        status = 128 + signal.SIGINT
+    except SystemExit as stop:  # --help / --print_config (0), a usage error (2), Lightning's Ctrl-C shutdown (1)
+        if stop.code is None or isinstance(stop.code, int):
+            status = stop.code or 0
+        else:
+            print(stop.code, file=sys.stderr)
+            status = 1
+    except USER_ERRORS as err:
+        if os.environ.get("MODULE14_TRACEBACK"):
+            raise
+        print(f"error: {err}\n(MODULE14_TRACEBACK=1 shows where it was raised)", file=sys.stderr)
+        status = 1
+    if _received_sigint:
+        return 128 + signal.SIGINT
+    if cli is not None and getattr(cli, "trainer", None) is not None and cli.trainer.received_sigterm:
+        return 128 + signal.SIGTERM  # Lightning finishes predict/test before honouring SIGTERM
+    return status
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -25,16 +25,16 @@ def main() -> None:
     parser.add_argument("--copy-best-to", default=None, help="also copy the best checkpoint here")
     args, extra = parser.parse_known_args()
     os.environ.setdefault("WANDB_MODE", "offline")
-    from cli import main as cli_main
+    from cli import build_cli
 
     common = ["--config", str(ROOT / "configs/vit_mnist.yaml"), "--trainer.logger=CSVLogger",
               f"--trainer.logger.init_args.save_dir={args.out}",
               f"--trainer.max_epochs={args.epochs}", *extra]
     start = time.perf_counter()
-    fit = cli_main(args=["fit", *common])
+    fit = build_cli(args=["fit", *common])
     fit_seconds = time.perf_counter() - start
     best = fit.trainer.checkpoint_callback.best_model_path
-    test = cli_main(args=["test", *common, f"--ckpt_path={best}"])
+    test = build_cli(args=["test", *common, f"--ckpt_path={best}"])
     metrics = {k: float(v) for k, v in test.trainer.callback_metrics.items() if k.startswith("test/")}
     steps = fit.trainer.global_step
     print(f"\nvit_mnist: {args.epochs} epochs, {steps} steps, fit wall time {fit_seconds:.0f} s "

@@ -54,7 +54,7 @@ from lightning_modules.rng import seeded_generator
 from networks.gan import DCGANDiscriminator, DCGANGenerator, Discriminator, Generator
 
 # Noise streams (part of the seed of each torch.Generator).
-_FIT, _VAL, _PREDICT = 0, 1, 2
+_FIT, _VAL, _PREDICT, _TEST = 0, 1, 2, 3
 
 
 class GANModule(L.LightningModule):
@@ -234,17 +234,25 @@ class GANModule(L.LightningModule):
         opt_g = torch.optim.Adam(self.generator.parameters(), **adam)
         return [opt_d, opt_g]
 
-    # ---------------------------------------------------------------------------------------------- validation
+    # ----------------------------------------------------------------------------------------- validation, test
     def on_validation_epoch_start(self) -> None:
         self._quality_seen = 0
 
+    on_test_epoch_start = on_validation_epoch_start
+
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        real = batch[0]
-        z = self.noise(real.size(0), self._rng(_VAL, batch_idx))
+        self._evaluate(batch[0], batch_idx, "val", _VAL)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch[0], batch_idx, "test", _TEST)
+
+    def _evaluate(self, real: Tensor, batch_idx: int, stage: str, stream: int) -> None:
+        """Both losses on held-out real images against fixed noise, and FID/KID when configured."""
+        z = self.noise(real.size(0), self._rng(stream, batch_idx))
         fake = self.generate(z, self.generator)
         d_loss, d_real, d_fake = self._d_loss(real, fake)
-        metrics = {"val/d_loss": d_loss, "val/g_loss": self._g_loss(fake), "val/d_real": d_real, "val/d_fake": d_fake}
-        self.log_dict(metrics, sync_dist=True)
+        metrics = {"d_loss": d_loss, "g_loss": self._g_loss(fake), "d_real": d_real, "d_fake": d_fake}
+        self.log_dict({f"{stage}/{name}": value for name, value in metrics.items()}, sync_dist=True)
         if self.quality is not None:
             self._update_quality(real, z)
 
@@ -260,11 +268,17 @@ class GANModule(L.LightningModule):
         self.quality.update(to_unit_range(fake, (-1, 1)), real=False)
 
     def on_validation_epoch_end(self) -> None:
+        self._log_quality("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_quality("test")
+
+    def _log_quality(self, stage: str) -> None:
         if self.quality is None:
             return
         if not self.trainer.sanity_checking:
             values = self.quality.compute()  # synchronised across ranks by torchmetrics
-            self.log_dict({f"val/{name}": value for name, value in values.items()})
+            self.log_dict({f"{stage}/{name}": value for name, value in values.items()})
         self.quality.reset()
 
     # ----------------------------------------------------------------------------------------------- checkpoints

@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Literal
 
 import importlib
+import importlib.util
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics.image import FrechetInceptionDistance, KernelInceptionDistance
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
 
 from networks.vit import VisionTransformer
 
@@ -43,10 +45,12 @@ class InceptionFeatures(nn.Module):
                 f"(torch-fidelity's FID Inception) on a machine with a network and point inception_weights at it, "
                 f"or use features: classifier with a ViTClassifier checkpoint."
             )
-        try:
-            from torchmetrics.image.fid import NoTrainInceptionV3
-        except ImportError as err:  # pragma: no cover - depends on the install
-            raise ImportError("Inception features need torch-fidelity: pip install 'module14[inception]'") from err
+        if importlib.util.find_spec("torch_fidelity") is None:
+            raise ModuleNotFoundError(
+                "Inception features need torch-fidelity, which the base install leaves out: "
+                "pip install 'module14[inception]' (or use features: classifier with a ViTClassifier checkpoint)."
+            )
+        from torchmetrics.image.fid import NoTrainInceptionV3
         self.net = NoTrainInceptionV3(
             name="inception-v3-compat", features_list=[str(self.num_features)], feature_extractor_weights_path=weights_path
         )

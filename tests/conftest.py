@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,45 @@ os.environ.setdefault("WANDB_SILENT", "true")
 DATA_DIR = Path(os.environ["MODULE14_DATA_DIR"])
 
 
+# --- a suite that Ctrl-C and SIGTERM stop ---------------------------------------------------------------------------
+# In-process Trainers catch KeyboardInterrupt (and turn SIGTERM into a SystemExit), which pytest would count as one
+# failed test before going on. Our handler remembers the signal, and the suite stops after the test it arrived in.
+_STOP_SIGNALS: list[int] = []
+
+
+def _stop(signum: int, frame) -> None:
+    _STOP_SIGNALS.append(signum)
+    raise KeyboardInterrupt
+
+
+def pytest_sessionstart(session) -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _stop)
+
+
+@pytest.fixture(autouse=True)
+def _stop_suite_on_signal():
+    yield
+    if _STOP_SIGNALS:
+        pytest.exit(f"stopped by {signal.Signals(_STOP_SIGNALS[0]).name}", returncode=128 + _STOP_SIGNALS[0])
+    for signum in (signal.SIGINT, signal.SIGTERM):  # Lightning leaves SIGINT ignored after it caught a Ctrl-C
+        signal.signal(signum, _stop)
+
+
+def module14(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None):
+    """Run the installed ``module14`` console script, as a user types it; returns the CompletedProcess."""
+    import subprocess
+
+    script = Path(sys.executable).with_name("module14")
+    if not script.exists():
+        pytest.fail(f"console script not found at {script}: install the project first (pip install -e '.[dev]')")
+    resolved = [str(ROOT / a) if a.startswith("configs/") else a for a in args]
+    # Not the W&B service an in-process test may have started (its address is in WANDB_SERVICE): a user's own.
+    clean = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    return subprocess.run([str(script), *resolved], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**clean, **(env or {})})
+
+
 def experiment_configs() -> list[Path]:
     """Every experiment config (not the trainer presets)."""
     return sorted(CONFIGS.glob("*.yaml"))
@@ -25,18 +66,21 @@ def run_cli(tmp_path, monkeypatch):
     """Run the real CLI in-process, inside a fresh working directory, so runs/ and outputs/ land in tmp_path.
 
     ``run_cli("fit", "--config", "configs/vit_mnist.yaml", "--trainer.fast_dev_run=true")`` returns the LightningCLI.
-    Relative ``configs/...`` paths are resolved against the repository.
+    Relative ``configs/...`` paths are resolved against the repository. Runs are fp32 unless the test passes
+    ``--trainer.precision`` (``=null`` for the resolver).
     """
     monkeypatch.chdir(tmp_path)
 
     def run(*args: str, run: bool = True):
         """``run=False`` instantiates without running (then args omit the subcommand)."""
-        from cli import main
+        from cli import build_cli
 
         resolved = [str(ROOT / a) if a.startswith("configs/") else a for a in args]
+        if not any(a.startswith("--trainer.precision") for a in resolved):
+            resolved.append("--trainer.precision=32-true")  # fast and exact on every CPU; the resolver has its tests
         if not run:
             resolved = resolved[1:] if resolved and resolved[0] in ("fit", "validate", "test", "predict") else resolved
-        return main(args=resolved, run=run)
+        return build_cli(args=resolved, run=run)
 
     return run
 
@@ -56,13 +100,13 @@ def vit_checkpoint(tmp_path_factory) -> Path:
     """A tiny ViTClassifier trained for a few steps on MNIST through the CLI (CSV logger); returns last.ckpt."""
     import os as _os
 
-    from cli import main
+    from cli import build_cli
 
     folder = tmp_path_factory.mktemp("vit_ckpt")
     cwd = _os.getcwd()
     _os.chdir(folder)
     try:
-        main(args=["fit", "--config", str(CONFIGS / "vit_mnist.yaml"), *TINY_VIT, "--trainer.max_steps=4",
+        build_cli(args=["fit", "--config", str(CONFIGS / "vit_mnist.yaml"), *TINY_VIT, "--trainer.max_steps=4",
                    "--trainer.limit_val_batches=2", "--trainer.logger=CSVLogger",
                    "--trainer.logger.init_args.save_dir=runs", "--trainer.enable_model_summary=false"])
     finally:

@@ -225,8 +225,8 @@ def test_fid_kid_logged_at_validation_end_and_kept_out_of_checkpoints(tmp_path):
 DDP_SCRIPT = """
 import sys, torch
 sys.path.insert(0, {root!r})
-from cli import main
-cli = main(args={args!r}, run=False)
+from cli import build_cli
+cli = build_cli(args={args!r}, run=False)
 cli.trainer.fit(cli.model, datamodule=cli.datamodule)
 params = {{name: p.detach().clone() for name, p in cli.model.named_parameters()}}
 params["fid"] = cli.trainer.callback_metrics["val/fid_vit"]

@@ -1,11 +1,15 @@
 """Mixed-precision matrix on CPU: every family trains a few steps in fp32 and bf16-mixed with finite losses and
-changing weights. (16-mixed needs a GPU: on CPU Lightning replaces it with bf16-mixed.)"""
+changing weights. (16-mixed needs a GPU: on CPU Lightning replaces it with bf16-mixed.) And ``precision: null``
+resolves to the faster precision for the hardware."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import yaml
 from conftest import TINY_VIT
+
+from lightning_modules import precision as resolver
 
 CSV_LOGGER = ["--trainer.logger=CSVLogger", "--trainer.logger.init_args.save_dir=runs"]
 FAMILIES = {
@@ -29,3 +33,61 @@ def test_trains_under_precision(run_cli, family, precision):
     losses = {k: v for k, v in cli.trainer.callback_metrics.items() if "loss" in k}
     assert losses and all(torch.isfinite(v) for v in losses.values())
     assert any(not torch.equal(before[k], v) for k, v in cli.model.state_dict().items() if v.is_floating_point())
+
+
+# --- precision: null resolves for the hardware -------------------------------------------------------------------
+
+@pytest.mark.parametrize("cuda, bf16, expected", [(True, True, "bf16-mixed"), (True, False, "16-mixed")])
+def test_cuda_resolves_to_bf16_mixed_or_16_mixed(monkeypatch, cuda, bf16, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Test GPU")
+    assert resolver.resolve_precision("auto")[0] == expected
+    monkeypatch.setattr(resolver, "cpu_has_native_bf16", lambda: False)
+    assert resolver.resolve_precision("cpu")[0] == "32-true"  # accelerator: cpu never takes the GPU's precision
+
+
+def test_cpu_without_native_bf16_trains_in_fp32_and_says_why(run_cli, monkeypatch, capsys):
+    monkeypatch.setattr(resolver, "cpu_has_native_bf16", lambda: False)
+    cli = run_cli("fit", "--config", "configs/vit_mnist.yaml", *TINY_VIT, *CSV_LOGGER, "--trainer.accelerator=cpu",
+                  "--trainer.precision=null", run=False)
+    assert cli.trainer.precision == "32-true"
+    assert "module14: precision 32-true (CPU without native bf16" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fp32_s, bf16_s, expected", [(1.0, 0.5, "bf16-mixed"), (1.0, 2.0, "32-true"),
+                                                      (1.0, 0.95, "32-true")])  # within 10%: exact fp32 stays
+def test_native_bf16_cpu_times_the_model_and_keeps_the_faster(run_cli, monkeypatch, capsys, tmp_path,
+                                                              fp32_s, bf16_s, expected):
+    monkeypatch.setattr(resolver, "cpu_has_native_bf16", lambda: True)
+    timed = []
+
+    def fake_time(model, datamodule, precision, steps=3):
+        timed.append(precision)
+        return {"32-true": fp32_s, "bf16-mixed": bf16_s}[precision]
+
+    monkeypatch.setattr(resolver, "time_train_steps", fake_time)
+    cli = run_cli("fit", "--config", "configs/vit_mnist.yaml", *TINY_VIT, *CSV_LOGGER, "--trainer.max_steps=1",
+                  "--trainer.limit_val_batches=0", "--data.num_workers=0", "--trainer.precision=null")
+    assert sorted(timed) == ["32-true", "bf16-mixed"]
+    assert cli.trainer.precision == expected and "timed on this CPU" in capsys.readouterr().err
+    (saved,) = tmp_path.glob("runs/**/checkpoints/config.yaml")
+    assert yaml.safe_load(saved.read_text())["trainer"]["precision"] == expected  # the record says what ran
+
+
+def test_explicit_precision_wins_and_nothing_is_timed(run_cli, monkeypatch):
+    monkeypatch.setattr(resolver, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(resolver, "time_train_steps", lambda *a, **k: pytest.fail("timed an explicit precision"))
+    cli = run_cli("fit", "--config", "configs/vit_mnist.yaml", *TINY_VIT, *CSV_LOGGER, "--trainer.precision=32-true",
+                  run=False)
+    assert cli.trainer.precision == "32-true"
+
+
+def test_time_train_steps_leaves_the_model_and_random_streams_alone(run_cli):
+    cli = run_cli("fit", "--config", "configs/vit_mnist.yaml", *TINY_VIT, *CSV_LOGGER, "--trainer.precision=32-true",
+                  "--data.num_workers=0", run=False)
+    before = {k: v.clone() for k, v in cli.model.state_dict().items()}
+    state = torch.random.get_rng_state()
+    assert resolver.time_train_steps(cli.model, cli.datamodule, "32-true", steps=1) > 0
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert all(torch.equal(before[k], v) for k, v in cli.model.state_dict().items())
