@@ -300,6 +300,16 @@ def test_wrong_normalization_is_rejected():
         tiny_module(normalization="zero_one")
 
 
+def test_sampler_settings_default_and_are_validated():
+    assert tiny_module(sampler="dpm_solver", sampling_steps=None).sampling_steps == 20
+    assert tiny_module(sampler="ddim", sampling_steps=None).sampling_steps == 50
+    assert tiny_module(sampler="dpm_solver", sampling_steps=None, num_timesteps=10).sampling_steps == 10
+    for steps in (0, -3, 101):
+        with pytest.raises(ValueError, match=rf"model.sampling_steps={steps} must be in \[1, T=100\]"):
+            tiny_module(sampler="dpm_solver", sampling_steps=steps)
+    with pytest.raises(ValueError, match="model.sampler='dpm'.*ddpm, ddim, dpm_solver"):
+        tiny_module(sampler="dpm")
+
 
 # ----------------------------------------------------------------------------------------------------- CLI
 # CPU-sized overrides: the CIFAR-10/CelebA configs are the paper-sized GPU models.
@@ -315,7 +325,7 @@ def test_config_fast_dev_run(run_cli, config):
     assert set(sampler.logged) == {"samples", "trajectory"}
 
 
-@pytest.mark.parametrize("sampler, steps", [("ddim", "3"), ("ddpm", "null")])
+@pytest.mark.parametrize("sampler, steps", [("ddim", "3"), ("ddpm", "null"), ("dpm_solver", "4")])
 def test_predict_writes_pngs(run_cli, tmp_path, sampler, steps):
     run_cli("predict", "--config", "configs/ddpm_mnist.yaml", *FAST, "--data.init_args.predict_size=6",
             "--model.init_args.num_timesteps=20", f"--model.init_args.sampler={sampler}",
