@@ -84,7 +84,8 @@ def main() -> None:
     parser.add_argument("--train-only", action="store_true")
     parser.add_argument("--classifier", default="/work/artifacts/vit_mnist.ckpt", help="ViT for FID features")
     parser.add_argument("--num-fid", type=int, default=128, help="samples per sampler for FID/KID")
-    parser.add_argument("--samplers", nargs="+", default=["ddim50", "ddpm1000"], help="ddim50 and/or ddpm1000")
+    parser.add_argument("--samplers", nargs="+", default=["ddim50", "ddpm1000"],
+                        help="ddim50, ddpm1000, ddim<steps>_eta<eta> or dpm_solver<steps> (see ddpm_sampling_eval.py)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("MODULE14_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))

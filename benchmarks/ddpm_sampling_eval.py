@@ -1,8 +1,11 @@
-"""DDIM-50 vs 1000-step ancestral DDPM from one trained DiffusionModule checkpoint: wall time and FID/KID.
+"""DDIM-50 vs 1000-step ancestral DDPM (or any list of samplers) from one trained DiffusionModule checkpoint: wall
+time and FID/KID.
 
     python benchmarks/ddpm_sampling_eval.py --ckpt runs/ddpm_budget/budget.ckpt --classifier /path/vit_mnist.ckpt
+    python benchmarks/ddpm_sampling_eval.py --ckpt ... --samplers ddpm1000 ddim100_eta0 ddim100_eta1 ddim50_eta0 \
+        ddim50_eta1 ddim20_eta0 ddim20_eta1 ddim10_eta0 ddim10_eta1 dpm_solver20 dpm_solver10
 
-(``benchmarks/ddpm_mnist_budget.py`` trains the checkpoint and then calls ``evaluate``.) Both samplers use the EMA
+(``benchmarks/ddpm_mnist_budget.py`` trains the checkpoint and then calls ``evaluate``.) All samplers use the EMA
 weights, bf16 autocast on CPU, and the same initial noise; the first 64 images of each are timed and saved as a grid.
 FID/KID (``SampleQuality``, classifier features) compare ``--num-fid`` samples of each sampler with as many MNIST test
 images; the same metrics between two disjoint sets of real images give the floor at that sample count.
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -28,10 +32,15 @@ from lightning_modules.metrics import SampleQuality  # noqa: E402
 SAMPLERS = {"ddim50": dict(sampler="ddim", num_steps=50, eta=0.0), "ddpm1000": dict(sampler="ddpm", num_steps=None)}
 
 
-def parse_ddim(name: str) -> dict:
-    """``ddim<steps>_eta<eta>`` -> DDIM sampler arguments."""
-    steps, eta = name.removeprefix("ddim").split("_eta")
-    return dict(sampler="ddim", num_steps=int(steps), eta=float(eta))
+def sampler_arguments(name: str) -> dict:
+    """``ddim50``, ``ddpm1000``, ``ddim<steps>_eta<eta>`` or ``dpm_solver<steps>`` -> ``sample``'s arguments."""
+    if name in SAMPLERS:
+        return SAMPLERS[name]
+    if match := re.fullmatch(r"ddim(\d+)_eta([0-9.]+)", name):
+        return dict(sampler="ddim", num_steps=int(match[1]), eta=float(match[2]))
+    if match := re.fullmatch(r"dpm_solver(\d+)", name):
+        return dict(sampler="dpm_solver", num_steps=int(match[1]))
+    raise ValueError(f"--samplers {name!r}: use ddim50, ddpm1000, ddim<steps>_eta<eta> or dpm_solver<steps>.")
 
 
 def real_images(n: int, train: bool) -> torch.Tensor:
@@ -61,7 +70,7 @@ def evaluate(ckpt: Path, args) -> dict:
     results: dict = {"checkpoint": str(ckpt), "num_fid": args.num_fid, "threads": torch.get_num_threads()}
     samples = {}
     for name in args.samplers:
-        kwargs = SAMPLERS.get(name) or parse_ddim(name)
+        kwargs = sampler_arguments(name)
         chunks, seconds = [], []
         for start in range(0, args.num_fid, batch):
             g = torch.Generator().manual_seed(1000 + start)
@@ -76,8 +85,10 @@ def evaluate(ckpt: Path, args) -> dict:
         torch.save(samples[name], out / f"samples_{name}.pt")  # for --fid-only
         results[f"{name}_seconds_64"] = round(seconds[0], 2)
         save_png(image_grid(samples[name][:64]), out / f"grid_{name}.png")
-    if len(samples) == len(SAMPLERS):
-        results["speedup_ddim50_vs_ddpm1000"] = round(results["ddpm1000_seconds_64"] / results["ddim50_seconds_64"], 1)
+    for name in samples:
+        if "ddpm1000" in samples and name != "ddpm1000":
+            results[f"speedup_{name}_vs_ddpm1000"] = round(
+                results["ddpm1000_seconds_64"] / results[f"{name}_seconds_64"], 1)
     add_quality(results, samples, args)
     return results
 
@@ -103,10 +114,12 @@ def main() -> None:
                         help="ViTClassifier checkpoint for the features ('' to skip FID/KID)")
     parser.add_argument("--num-fid", type=int, default=128, help="samples per sampler (a multiple of 64)")
     parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS),
-                        help="ddim50, ddpm1000, or ddim<steps>_eta<eta> (e.g. ddim100_eta0.5)")
+                        help="ddim50, ddpm1000, ddim<steps>_eta<eta> (e.g. ddim100_eta0.5) or dpm_solver<steps>")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--fid-only", action="store_true", help="FID/KID of the samples a previous run saved")
     args = parser.parse_args()
+    for name in args.samplers:
+        sampler_arguments(name)  # a bad name fails now, not after the first samplers ran
     args.out = args.out or str(Path(args.ckpt).parent)
     torch.set_num_threads(args.threads)
     if args.fid_only:

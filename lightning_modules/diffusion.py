@@ -1,10 +1,11 @@
-"""DDPM: a time-conditioned U-Net trained to denoise, an EMA copy of it for sampling, DDPM and DDIM samplers."""
+"""DDPM: a time-conditioned U-Net trained to denoise, an EMA copy of it for sampling, DDPM, DDIM and DPM-Solver++
+samplers."""
 
 from __future__ import annotations
 
 import contextlib
 import math
-from typing import Literal
+from typing import get_args
 
 import lightning as L
 import torch
@@ -16,12 +17,13 @@ from lightning_modules.images import to_unit_range
 from lightning_modules.metrics import FeatureChoice, SampleQuality
 from lightning_modules.optim import decay_groups
 from lightning_modules.rng import seeded_generator
-from networks.diffusion import DDPMVariance, GaussianDiffusion, Prediction, Schedule
+from networks.diffusion import DDPMVariance, GaussianDiffusion, Prediction, Sampler, Schedule
 from networks.unet import SimpleUNet
 
 DATA_RANGE = (-1.0, 1.0)
 
 _FID_STREAM, _PREDICT_STREAM = 0, 1  # keys of the seeded noise streams (see lightning_modules/rng.py)
+DEFAULT_STEPS = {"ddim": 50, "dpm_solver": 20}  # when sampling_steps is null (capped at T); DDPM takes all T
 
 
 class DiffusionModule(L.LightningModule):
@@ -41,8 +43,9 @@ class DiffusionModule(L.LightningModule):
         weight_decay: AdamW decay on weight matrices (DDPM: 0).
         grad_clip_norm: clip the gradients' global norm to this (DDPM: 1); ``None`` for no clipping.
         ema_decay: decay of the weights' EMA; ``ema_warmup`` ramps it up over the first updates.
-        sampler: "ddim" or "ddpm" (ancestral) for sample grids and ``predict``.
-        sampling_steps: DDIM steps (default 50); the DDPM sampler always takes all T steps (leave null or set T).
+        sampler: "ddim", "ddpm" (ancestral) or "dpm_solver" (DPM-Solver++(2M)) for sample grids and ``predict``.
+        sampling_steps: DDIM (default 50) or DPM-Solver++ (default 20) steps, in [1, T]; the DDPM sampler always takes
+            all T steps (leave null or set T).
         ddim_eta: DDIM's η (0: deterministic, 1: DDPM-like noise).
         ddpm_variance: σ² of the ancestral sampler: "posterior" (β̃_t) or "beta" (β_t).
         sample_seed: seed of the ``predict`` noise (combined with the rank and batch index).
@@ -75,7 +78,7 @@ class DiffusionModule(L.LightningModule):
         grad_clip_norm: float | None = 1.0,
         ema_decay: float = 0.9999,
         ema_warmup: bool = True,
-        sampler: Literal["ddim", "ddpm"] = "ddim",
+        sampler: Sampler = "ddim",
         sampling_steps: int | None = None,
         ddim_eta: float = 0.0,
         ddpm_variance: DDPMVariance = "posterior",
@@ -95,6 +98,10 @@ class DiffusionModule(L.LightningModule):
                 f"DiffusionModule needs data in [-1, 1] but data.normalization is {normalization!r}; "
                 f"set data.init_args.normalization: minus_one_one."
             )
+        if sampler not in get_args(Sampler):
+            raise ValueError(f"model.sampler={sampler!r}: use one of {', '.join(get_args(Sampler))}.")
+        if sampling_steps is not None and not 1 <= sampling_steps <= num_timesteps:
+            raise ValueError(f"model.sampling_steps={sampling_steps} must be in [1, T={num_timesteps}] (or null).")
         if sampler == "ddpm" and sampling_steps not in (None, num_timesteps):
             raise ValueError(
                 f"model.sampling_steps={sampling_steps}: the ancestral DDPM sampler takes all T={num_timesteps} "
@@ -112,7 +119,7 @@ class DiffusionModule(L.LightningModule):
         self.diffusion = GaussianDiffusion(
             num_timesteps, schedule, beta_start, beta_end, prediction=prediction, clip_range=DATA_RANGE
         )
-        self.sampling_steps = sampling_steps or (num_timesteps if sampler == "ddpm" else min(50, num_timesteps))
+        self.sampling_steps = sampling_steps or self._default_steps(sampler)
         # Kept out of the submodules (a plain list), so the feature network's weights stay out of our checkpoints;
         # ``_metric`` moves it to the module's device.
         self._quality: list[SampleQuality] = []
@@ -123,6 +130,10 @@ class DiffusionModule(L.LightningModule):
                 kid_subset_size=kid_subset_size,
             ))
         self._quality_real = 0  # real images fed to ``quality`` this validation epoch (this rank)
+
+    def _default_steps(self, sampler: str) -> int:
+        T = self.hparams.num_timesteps
+        return T if sampler == "ddpm" else min(DEFAULT_STEPS[sampler], T)
 
     def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
         return self.net(x_t, t)
@@ -209,8 +220,8 @@ class DiffusionModule(L.LightningModule):
     ) -> Tensor | tuple[Tensor, list[Tensor]]:
         """``n`` images in [0, 1] from the EMA network; sampler settings default to the module's."""
         sampler = sampler or self.hparams.sampler
-        if sampler == "ddim":  # the configured DDIM steps, or 50 when the configured sampler is DDPM
-            num_steps = num_steps or (self.sampling_steps if self.hparams.sampler == "ddim" else 50)
+        if sampler != "ddpm" and num_steps is None:  # the configured steps, or the sampler's default
+            num_steps = self.sampling_steps if sampler == self.hparams.sampler else self._default_steps(sampler)
         with self._autocast():
             out = self.diffusion.sample(
                 self.ema.module, (n, *self.hparams.image_shape), sampler=sampler,

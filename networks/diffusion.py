@@ -1,7 +1,8 @@
-"""Gaussian diffusion: noise schedules, the forward process q, the training loss, and DDPM / DDIM samplers.
+"""Gaussian diffusion: noise schedules, the forward process q, the training loss, and DDPM / DDIM / DPM-Solver++
+samplers.
 
 Notation (Ho et al. 2020; Song et al., "Denoising Diffusion Implicit Models", ICLR 2021). Timesteps are indices
-t = 0 .. T-1 (the spec's), and with ᾱ_t = prod_{s <= t} (1 - β_s):
+t = 0 .. T-1 (the spec's), t = -1 stands for the data (ᾱ_{-1} = 1), and with ᾱ_t = prod_{s <= t} (1 - β_s):
 
     q(x_t | x_0)          = N(sqrt(ᾱ_t) x_0, (1 - ᾱ_t) I)
     q(x_{t-1} | x_t, x_0) = N(c1_t x_0 + c2_t x_t, β̃_t I),  β̃_t = β_t (1 - ᾱ_{t-1}) / (1 - ᾱ_t)
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 Schedule = Literal["linear", "cosine"]
 Prediction = Literal["eps", "x0", "v"]
 DDPMVariance = Literal["posterior", "beta"]
+Sampler = Literal["ddpm", "ddim", "dpm_solver"]
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -41,9 +43,19 @@ def cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999) 
     return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=max_beta)
 
 
+def log_snr(alpha_bar: Tensor) -> Tensor:
+    """λ = log(α / σ) = ½ log(ᾱ / (1 - ᾱ)), the half log-SNR that DPM-Solver steps in; ∞ at ᾱ = 1."""
+    return 0.5 * torch.log(alpha_bar / (1 - alpha_bar))
+
+
 def _at(values: Tensor, t: Tensor) -> Tensor:
     """values[t] shaped (B, 1, 1, 1) to broadcast over images."""
     return values[t].float()[:, None, None, None]
+
+
+def _per_image(*coefs: Tensor) -> tuple[Tensor, ...]:
+    """(B,) float64 coefficients as float32 (B, 1, 1, 1), to broadcast over images."""
+    return tuple(c.float()[:, None, None, None] for c in coefs)
 
 
 class GaussianDiffusion(nn.Module):
@@ -121,6 +133,10 @@ class GaussianDiffusion(nn.Module):
         return F.mse_loss(output.float(), self.target(x0, t, noise))
 
     # ----------------------------------------------------------------------------------------- reverse process
+    def alpha_bar(self, t: Tensor) -> Tensor:
+        """ᾱ_t (float64), with ᾱ_{-1} = 1 for the data."""
+        return torch.where(t >= 0, self.alphas_cumprod[t.clamp(min=0)], 1.0)
+
     def predict_x0_eps(self, model: Denoiser, x_t: Tensor, t: Tensor, clip: bool = True) -> tuple[Tensor, Tensor]:
         """The network's x_0 (clamped to the data range if ``clip``) and the ε consistent with it and x_t."""
         output = model(x_t, t).float()
@@ -158,18 +174,42 @@ class GaussianDiffusion(nn.Module):
         σ² = η² (1 - ᾱ') / (1 - ᾱ) · (1 - ᾱ / ᾱ'). η = 1 over all T steps is the ancestral DDPM step with β̃.
         """
         x0, _ = self.predict_x0_eps(model, x_t, t, clip)
-        a_t = self.alphas_cumprod[t]  # float64 coefficients, cast once at the end
-        a_prev = torch.where(t_prev >= 0, self.alphas_cumprod[t_prev.clamp(min=0)], 1.0)
+        a_t, a_prev = self.alpha_bar(t), self.alpha_bar(t_prev)  # float64 coefficients, cast once at the end
         var = eta**2 * (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
         eps_coef = (1 - a_prev - var).clamp(min=0).sqrt() / (1 - a_t).sqrt()  # ε̂ = (x_t - sqrt(ᾱ) x̂_0) / sqrt(1 - ᾱ)
         coef_x0 = a_prev.sqrt() - eps_coef * a_t.sqrt()
-        coef_x0, coef_xt, var = (c.float()[:, None, None, None] for c in (coef_x0, eps_coef, var))
+        coef_x0, coef_xt, var = _per_image(coef_x0, eps_coef, var)
         mean = coef_x0 * x0 + coef_xt * x_t
         return mean, var.expand_as(mean), x0
 
+    def dpm_solver_step(
+        self, model: Denoiser, x_t: Tensor, t: Tensor, t_prev: Tensor,
+        last: tuple[Tensor, Tensor] | None = None, clip: bool = True,
+    ) -> tuple[Tensor, Tensor]:
+        """DPM-Solver++(2M) step t -> t_prev (Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of
+        Diffusion Probabilistic Models", Algorithm 2), in data-prediction form with α = sqrt(ᾱ), σ = sqrt(1 - ᾱ),
+        λ = log(α / σ) and h = λ' - λ:
+
+            x' = (σ' / σ) x_t + α' (1 - e^{-h}) D,   D = x̂_0 + (x̂_0 - x̂_0^last) / (2r),  r = h_last / h
+
+        ``last`` = (t_last, x̂_0 at t_last) of the previous step; without it D = x̂_0, the first-order step, which is
+        DDIM's with η = 0. The step to the data (t_prev = -1, λ' = ∞) must be first order. Returns x' and x̂_0.
+        """
+        x0, _ = self.predict_x0_eps(model, x_t, t, clip)
+        a_t, a_prev = self.alpha_bar(t), self.alpha_bar(t_prev)  # (B,) float64
+        h = log_snr(a_prev) - log_snr(a_t)  # ∞ at t_prev = -1
+        d = x0
+        if last is not None:
+            t_last, x0_last = last
+            (half_inv_r,) = _per_image(h / (log_snr(a_t) - log_snr(self.alpha_bar(t_last))) / 2)
+            d = x0 + half_inv_r * (x0 - x0_last)
+        coef_xt, coef_d = _per_image(((1 - a_prev) / (1 - a_t)).sqrt(), -a_prev.sqrt() * torch.expm1(-h))
+        return coef_xt * x_t + coef_d * d, x0
+
     # -------------------------------------------------------------------------------------------------- samplers
     def ddim_timesteps(self, num_steps: int) -> list[int]:
-        """``num_steps`` timesteps from T-1 down, evenly spaced ("trailing", so sampling starts at pure noise)."""
+        """``num_steps`` timesteps from T-1 down, evenly spaced ("trailing", so sampling starts at pure noise): DDIM's,
+        and DPM-Solver++'s (uniform in t, the reference's "time_uniform"; both then step to the data, t = -1)."""
         if not 1 <= num_steps <= self.num_timesteps:
             raise ValueError(f"num_steps={num_steps} must be in [1, T={self.num_timesteps}].")
         steps = torch.arange(self.num_timesteps, 0, -self.num_timesteps / num_steps, dtype=torch.float64)
@@ -180,7 +220,7 @@ class GaussianDiffusion(nn.Module):
         self,
         model: nn.Module,
         shape: tuple[int, ...],
-        sampler: Literal["ddpm", "ddim"] = "ddim",
+        sampler: Sampler = "ddim",
         num_steps: int | None = 50,
         eta: float = 0.0,
         variance: DDPMVariance = "posterior",
@@ -190,8 +230,9 @@ class GaussianDiffusion(nn.Module):
         trajectory: bool = False,
         progress: bool | None = None,
     ) -> Tensor | tuple[Tensor, list[Tensor]]:
-        """Generate ``shape`` images with ancestral DDPM (all T steps, σ² = ``variance``) or DDIM (``num_steps``,
-        ``eta``), from ``noise`` or noise drawn with ``generator``. The result is clamped to the data range.
+        """Generate ``shape`` images with ancestral DDPM (all T steps, σ² = ``variance``), DDIM (``num_steps``,
+        ``eta``) or DPM-Solver++(2M) ("dpm_solver", ``num_steps``), from ``noise`` or noise drawn with ``generator``.
+        The result is clamped to the data range.
 
         Returns the images, and with ``trajectory=True`` also the predicted x_0 after every step. The model runs in
         eval mode and is put back in the mode it was in. ``progress`` (default: for runs over 100 steps) shows a bar.
@@ -205,24 +246,28 @@ class GaussianDiffusion(nn.Module):
                     f"use sampler 'ddim' for fewer steps."
                 )
             steps = list(range(self.num_timesteps - 1, -1, -1))
-        elif sampler == "ddim":
-            steps = self.ddim_timesteps(num_steps or self.num_timesteps)
+        elif sampler in ("ddim", "dpm_solver"):
+            steps = self.ddim_timesteps(self.num_timesteps if num_steps is None else num_steps)
         else:
-            raise ValueError(f"sampler={sampler!r}: use 'ddpm' or 'ddim'.")
+            raise ValueError(f"sampler={sampler!r}: use 'ddpm', 'ddim' or 'dpm_solver'.")
         progress = len(steps) > 100 if progress is None else progress
 
         was_training = model.training
         model.eval()
-        path = []
+        path, last = [], None  # last: DPM-Solver++'s (t, x̂_0) of the previous step
         try:
             for i, step in enumerate(tqdm(steps, desc=f"{sampler} sampling", disable=not progress, leave=False)):
+                final = i + 1 == len(steps)
                 t = torch.full((x.shape[0],), step, device=x.device, dtype=torch.long)
+                t_prev = torch.full_like(t, -1 if final else steps[i + 1])
                 if sampler == "ddpm":
                     mean, var, x0 = self.ddpm_mean_variance(model, x, t, variance)
-                else:
-                    t_prev = torch.full_like(t, steps[i + 1] if i + 1 < len(steps) else -1)
+                elif sampler == "ddim":
                     mean, var, x0 = self.ddim_mean_variance(model, x, t, t_prev, eta)
-                deterministic = i + 1 == len(steps) or (sampler == "ddim" and eta == 0)
+                else:  # the final step, to λ = ∞, is first order (the reference's "lower_order_final")
+                    mean, x0 = self.dpm_solver_step(model, x, t, t_prev, None if final else last)
+                    last = (t, x0)
+                deterministic = final or sampler == "dpm_solver" or (sampler == "ddim" and eta == 0)
                 noise = None if deterministic else torch.randn(x.shape, generator=generator, device=x.device)
                 x = mean if noise is None else mean + var.sqrt() * noise
                 if trajectory:
