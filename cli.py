@@ -164,5 +164,11 @@ def main(args: ArgsType = None, run: bool = True) -> Module14CLI:
     )
 
 
+def console_main() -> None:
+    """The ``module14`` console script. (Not ``main`` itself: the script exits with what it returns, and a returned
+    CLI object would make every successful run exit with status 1.)"""
+    main()
+
+
 if __name__ == "__main__":
     main()
