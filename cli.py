@@ -13,15 +13,18 @@ from __future__ import annotations
 import inspect
 import os
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 import yaml
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback, _InstantiatorFn
+from lightning.pytorch.plugins import TorchCheckpointIO
 
 import lightning_modules  # noqa: F401  (registers the model classes for --model ShortName)
 from lightning_modules.callbacks import RNGStateCheckpoint, StopOnNonFiniteLoss
+from lightning_modules.checkpointing import SafeCheckpointIO, SaveOnSignal
 from datamodules import ImageDataModule
 
 
@@ -108,6 +111,8 @@ class Module14CLI(LightningCLI):
         # Always on: per-rank random streams and exact resumption; no training on NaNs.
         parser.add_lightning_class_args(RNGStateCheckpoint, "rng_state")
         parser.add_lightning_class_args(StopOnNonFiniteLoss, "stop_on_non_finite_loss")
+        # Always on: SIGTERM / SIGINT during fit save a resumable checkpoint and exit with 128 + the signal.
+        parser.add_lightning_class_args(SaveOnSignal, "save_on_signal")
 
     def _parse_ckpt_path(self) -> None:
         """Refuse unreadable checkpoints and checkpoints of another model class with a clear message.
@@ -141,6 +146,14 @@ class Module14CLI(LightningCLI):
                     f"data settings it was trained with (data.image_size, the dataset class; see the config.yaml "
                     f"beside the checkpoint)."
                 )
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        """The trainer, with ``SafeCheckpointIO`` (atomic writes, weights-only loads) unless a CheckpointIO plugin was
+        given. Set on the strategy, so every rank of a DDP run uses it."""
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = SafeCheckpointIO()
+        return trainer
 
     def _add_instantiators(self) -> None:
         for key, base, subclasses in (
