@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -89,8 +90,8 @@ class CheckpointError(ValueError):
 
 
 def _first_line(err: BaseException) -> str:
-    """``Type: first line of the message`` (just the type when the message is empty)."""
-    lines = str(err).strip().splitlines()
+    """``Type: first line of the message`` (just the type when the message is empty), without terminal colours."""
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip().splitlines()
     return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
 
 
@@ -126,8 +127,8 @@ def refuse_remote(ckpt_path: str) -> None:
     """A checkpoint given as a URL (``http://``, ``s3://``, any ``://``) is refused before anything loads it."""
     if "://" in ckpt_path:
         raise CheckpointError(
-            f"--ckpt_path '{ckpt_path}' is a remote location; module14 loads checkpoints only from local files "
-            f"(loading a file from elsewhere can run code it carries). Download it yourself, check where it comes "
+            f"--ckpt_path '{ckpt_path}' is a URL; module14 loads checkpoints only from local file paths (a file "
+            f"fetched from elsewhere can carry code that loading it would run). Download it yourself, check where it comes "
             f"from, then pass the local path: --ckpt_path path/to/file.ckpt"
         )
 
@@ -217,7 +218,8 @@ class Module14CLI(LightningCLI):
         except RuntimeError as err:
             if not str(err).startswith("Error(s) in loading state_dict"):
                 raise
-            details = "; ".join(line.strip()[:300] for line in str(err).splitlines()[1:4])
+            problems = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+            details = problems[0][:300] + (f"; and {len(problems) - 1} more" if len(problems) > 1 else "")
             raise CheckpointError(
                 f"the weights in checkpoint '{self.config[subcommand].get('ckpt_path')}' do not fit the model the config "
                 f"builds ({details}). Use the config the checkpoint was trained with (saved as config.yaml beside it)."

@@ -168,8 +168,9 @@ class SaveOnSignal(Callback):
         if signum == signal.SIGINT:
             signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl+C aborts at once
         if self.received is None:
-            os.write(2, f"\n{signal.Signals(signum).name} received: saving a checkpoint after this batch "
-                        f"(Ctrl+C again aborts without saving) ...\n".encode())
+            again = " (Ctrl+C again aborts without saving)" if signum == signal.SIGINT else ""
+            os.write(2, f"\n{signal.Signals(signum).name} received: saving a checkpoint after this batch{again} ...\n"
+                     .encode())
         self.received = signal.Signals(signum)
         lightning_handler(signum, frame)  # sets trainer.received_sigterm; the loops stop at the batch boundary
 

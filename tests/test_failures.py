@@ -62,6 +62,13 @@ def test_predict_into_an_unwritable_folder(run_cli, tmp_path, vit_checkpoint):
                 f"--trainer.callbacks.output_file={tmp_path}/a_file/preds/p.csv", f"--ckpt_path={vit_checkpoint}")
 
 
+class _RunsCode:
+    """Pickles as a call that creates the file ``ran_code``: loading it without weights_only would run it."""
+
+    def __reduce__(self):
+        return (Path.touch, (Path("ran_code"),))
+
+
 def _bad_checkpoints(folder: Path, good: Path) -> dict[str, Path]:
     """Files that are not usable checkpoints, each as ``--ckpt_path`` would get it."""
     checkpoint = torch.load(good, weights_only=True)
@@ -69,7 +76,7 @@ def _bad_checkpoints(folder: Path, good: Path) -> dict[str, Path]:
     shapes = {**checkpoint, "state_dict": {k: v[..., :1] if v.dim() else v for k, v in checkpoint["state_dict"].items()}}
     other_module = {**checkpoint, "hyper_parameters": {**checkpoint["hyper_parameters"], "_class_path": "this.ViTClassifier"}}
     contents = {"empty": None, "tensor": torch.zeros(3), "list": [1, 2], "no_state_dict": {"epoch": 1},
-                "missing_key": missing, "wrong_shape": shapes, "class_from_another_module": other_module}
+                "pickled_code": {**checkpoint, "hook": _RunsCode()}, "missing_key": missing, "wrong_shape": shapes, "class_from_another_module": other_module}
     paths = {}
     for name, content in contents.items():
         paths[name] = folder / f"{name}.ckpt"
@@ -85,6 +92,7 @@ def _bad_checkpoints(folder: Path, good: Path) -> dict[str, Path]:
     ("tensor", r"holds a Tensor, not a Lightning checkpoint"),
     ("list", r"holds a list, not a Lightning checkpoint"),
     ("no_state_dict", r"holds a dict without a 'state_dict', not a Lightning checkpoint"),
+    ("pickled_code", r"not a PyTorch checkpoint \(UnpicklingError: Weights only load failed\..*refused on purpose"),
     ("missing_key", r"do not fit the model the config builds \(Missing key\(s\) in state_dict: .*net\."),
     ("wrong_shape", r"do not fit the model the config builds \(size mismatch for net\."),
     ("class_from_another_module", r"names the model class 'this.ViTClassifier', which is neither the config's"),
@@ -94,11 +102,13 @@ def test_unusable_checkpoint_is_one_clear_error(run_cli, tmp_path, vit_checkpoin
     with pytest.raises(CheckpointError, match=message):
         run_cli(*VALIDATE, f"--ckpt_path={path}")
     assert "this" not in sys.modules  # the module a checkpoint names is never imported
+    assert not (tmp_path / "ran_code").exists()
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:8765/evil.ckpt", "https://example.org/a.ckpt", "s3://bucket/a.ckpt"])
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8765/evil.ckpt", "https://example.org/a.ckpt", "s3://bucket/a.ckpt",
+                                 "file:///tmp/a.ckpt"])
 def test_remote_checkpoint_is_refused(run_cli, url):
-    with pytest.raises(CheckpointError, match=r"is a remote location.*Download it yourself"):
+    with pytest.raises(CheckpointError, match=r"is a URL; .*Download it yourself"):
         run_cli(*VALIDATE, f"--ckpt_path={url}")
 
 
@@ -110,7 +120,7 @@ def test_unusable_checkpoint_through_the_console_script(tmp_path, vit_checkpoint
                              *VALIDATE[3:], f"--ckpt_path={path}"], cwd=tmp_path, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode != 0
-    assert ("is a remote location" if case == "url" else "is empty (0 bytes)") in result.stderr
+    assert ("is a URL" if case == "url" else "is empty (0 bytes)") in result.stderr
     assert "During handling of the above exception" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("cli.CheckpointError: ")
 
