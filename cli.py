@@ -12,22 +12,27 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 import yaml
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback, _InstantiatorFn
+from lightning.pytorch.plugins import TorchCheckpointIO
 from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import lightning_modules  # noqa: F401  (registers the model classes for --model ShortName)
 from lightning_modules.callbacks import NonFiniteLossError, RNGStateCheckpoint, StopOnNonFiniteLoss
+from lightning_modules.checkpointing import SafeCheckpointIO, SaveOnSignal
 from lightning_modules.precision import probe_cpu_precision, resolve_precision
+from lightning_modules.registry import project_class, project_class_names
 from datamodules import DatasetIntegrityError, ImageDataModule
 
 
@@ -89,20 +94,48 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used with this run's config."""
 
 
+def _first_line(err: BaseException) -> str:
+    """``Type: first line of the message`` (just the type when the message is empty), without terminal colours."""
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
 def read_checkpoint_hparams(path: str) -> dict:
-    """The model hyperparameters of a checkpoint, loaded without running pickled code (``weights_only``)."""
+    """The model hyperparameters of a checkpoint, loaded without running pickled code (``weights_only``).
+
+    Anything but a readable Lightning checkpoint (an empty or truncated file, a bare tensor, a list, a dict without a
+    ``state_dict``) is one ``CheckpointError`` saying what the file holds.
+    """
+    use_another = "Use another checkpoint of the run (last.ckpt or the best one beside it)."
+    if Path(path).stat().st_size == 0:
+        raise CheckpointError(f"checkpoint '{path}' is empty (0 bytes): its write never finished. {use_another}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise CheckpointError(
             f"cannot read checkpoint '{path}': the file is truncated, corrupted or not a PyTorch checkpoint "
-            f"({type(err).__name__}: {str(err).splitlines()[0]}). Use another checkpoint of the run (last.ckpt or the "
-            f"best one beside it). Checkpoints written by module14 load with weights_only=True; a file that needs "
-            f"pickled code is refused on purpose."
+            f"({_first_line(err)}). {use_another} Checkpoints written by module14 load with weights_only=True; a "
+            f"file that needs pickled code is refused on purpose."
         ) from err
-    if "state_dict" not in checkpoint:
-        raise CheckpointError(f"'{path}' holds no 'state_dict': it is not a Lightning checkpoint.")
-    return checkpoint.get("hyper_parameters", {})
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        holds = "a dict without a 'state_dict'" if isinstance(checkpoint, dict) else f"a {type(checkpoint).__name__}"
+        raise CheckpointError(
+            f"'{path}' holds {holds}, not a Lightning checkpoint (a dict with a 'state_dict' of weights). {use_another}"
+        )
+    hparams = checkpoint.get("hyper_parameters", {})
+    if not isinstance(hparams, dict):
+        raise CheckpointError(f"'{path}' has hyper_parameters of type {type(hparams).__name__}, not a dict. {use_another}")
+    return hparams
+
+
+def refuse_remote(ckpt_path: str) -> None:
+    """A checkpoint given as a URL (``http://``, ``s3://``, any ``://``) is refused before anything loads it."""
+    if "://" in ckpt_path:
+        raise CheckpointError(
+            f"--ckpt_path '{ckpt_path}' is a URL; module14 loads checkpoints only from local file paths (a file "
+            f"fetched from elsewhere can carry code that loading it would run). Download it yourself, check where it comes "
+            f"from, then pass the local path: --ckpt_path path/to/file.ckpt"
+        )
 
 
 class Module14CLI(LightningCLI):
@@ -114,27 +147,54 @@ class Module14CLI(LightningCLI):
         # Always on: per-rank random streams and exact resumption; no training on NaNs.
         parser.add_lightning_class_args(RNGStateCheckpoint, "rng_state")
         parser.add_lightning_class_args(StopOnNonFiniteLoss, "stop_on_non_finite_loss")
+        # Always on: SIGTERM / SIGINT during fit save a resumable checkpoint and exit with 128 + the signal.
+        parser.add_lightning_class_args(SaveOnSignal, "save_on_signal")
 
     def _parse_ckpt_path(self) -> None:
-        """Refuse unreadable checkpoints and checkpoints of another model class with a clear message.
+        """Refuse remote, unreadable and other-model checkpoints with a clear message, then merge its hyperparameters.
 
-        (Lightning's own version would show a zip-reader traceback, or silently switch the model to the checkpoint's
-        class.) Then let Lightning merge the checkpoint's hyperparameters into the config as usual.
+        Replaces Lightning's version, which shows a zip-reader traceback for a bad file, silently switches the model
+        to the checkpoint's class, and imports whatever module path the file records as ``_class_path``. Here the
+        recorded class must be the config's or one of module14's own (looked up by name, never imported).
         """
         self._checkpoint_hparams: dict = {}
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt_path and Path(ckpt_path).is_file():
-            self._checkpoint_hparams = read_checkpoint_hparams(ckpt_path)
-            saved = self._checkpoint_hparams.get("_class_path")
-            wanted = self.config[subcommand].model.class_path
-            if saved and wanted and saved.rsplit(".", 1)[-1] != wanted.rsplit(".", 1)[-1]:
-                raise CheckpointError(
-                    f"checkpoint '{ckpt_path}' holds a {saved.rsplit('.', 1)[-1]} but the config builds a "
-                    f"{wanted.rsplit('.', 1)[-1]}. Use the config the checkpoint was trained with (saved as "
-                    f"config.yaml beside it) or a checkpoint of this model."
-                )
-        super()._parse_ckpt_path()
+        if not ckpt_path:
+            return
+        refuse_remote(str(ckpt_path))
+        if not Path(ckpt_path).is_file():
+            return  # "best", "last", "hpc" or a missing file: Lightning's own handling and message
+        self._checkpoint_hparams = read_checkpoint_hparams(ckpt_path)
+        hparams = {k: v for k, v in self._checkpoint_hparams.items() if k not in ("_class_path", "_instantiator")}
+        saved = self._checkpoint_hparams.get("_class_path")
+        if saved:
+            wanted = self._checked_model_class(ckpt_path, saved, self.config[subcommand].model.class_path)
+            hparams = {"class_path": wanted, "dict_kwargs": hparams}
+        if hparams:
+            try:
+                self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+            except SystemExit:
+                sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
+                raise
+
+    @staticmethod
+    def _checked_model_class(ckpt_path: str, saved: str, wanted: str) -> str:
+        """The config's model class path, if the checkpoint's recorded class is the same class; else a CheckpointError."""
+        saved_class = project_class(saved, L.LightningModule)
+        if saved == wanted or (saved_class is not None and saved_class is project_class(wanted, L.LightningModule)):
+            return wanted
+        if saved_class is None:
+            raise CheckpointError(
+                f"checkpoint '{ckpt_path}' names the model class '{saved}', which is neither the config's ({wanted}) "
+                f"nor one of module14's ({', '.join(project_class_names(L.LightningModule))}). A checkpoint does not "
+                f"choose code to import: use a checkpoint written by module14 with this config."
+            )
+        raise CheckpointError(
+            f"checkpoint '{ckpt_path}' holds a {saved_class.__name__} but the config builds a "
+            f"{wanted.rsplit('.', 1)[-1]}. Use the config the checkpoint was trained with (saved as config.yaml beside "
+            f"it) or a checkpoint of this model."
+        )
 
     def before_instantiate_classes(self) -> None:
         """``trainer.precision: null`` (what the configs say) means: the fastest precision on this machine."""
@@ -172,6 +232,28 @@ class Module14CLI(LightningCLI):
                     f"data settings it was trained with (data.image_size, the dataset class; see the config.yaml "
                     f"beside the checkpoint)."
                 )
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        """The trainer, with ``SafeCheckpointIO`` (atomic writes, weights-only loads) unless a CheckpointIO plugin was
+        given. Set on the strategy, so every rank of a DDP run uses it."""
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = SafeCheckpointIO()
+        return trainer
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """A checkpoint whose weights do not fit the model (a missing key, a wrong shape) is a ``CheckpointError``."""
+        try:
+            super()._run_subcommand(subcommand)
+        except RuntimeError as err:
+            if not str(err).startswith("Error(s) in loading state_dict"):
+                raise
+            problems = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+            details = problems[0][:300] + (f"; and {len(problems) - 1} more" if len(problems) > 1 else "")
+            raise CheckpointError(
+                f"the weights in checkpoint '{self.config[subcommand].get('ckpt_path')}' do not fit the model the config "
+                f"builds ({details}). Use the config the checkpoint was trained with (saved as config.yaml beside it)."
+            ) from err
 
     def _add_instantiators(self) -> None:
         for key, base, subclasses in (
@@ -218,8 +300,8 @@ def main(args: ArgsType = None) -> int:
     try:
         cli = build_cli(args)
         status = 0
-    except SIGTERMException:  # a SystemExit without a code
-        status = 128 + signal.SIGTERM
+    except SIGTERMException as stop:  # SaveOnSignal sets its code: 130 (SIGINT) or 143 (SIGTERM)
+        status = stop.code if isinstance(stop.code, int) and stop.code else 128 + signal.SIGTERM
     except KeyboardInterrupt:
         status = 128 + signal.SIGINT
     except SystemExit as stop:  # --help / --print_config (0), a usage error (2), Lightning's Ctrl-C shutdown (1)

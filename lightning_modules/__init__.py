@@ -7,6 +7,7 @@ from lightning_modules.callbacks import (
     RNGStateCheckpoint,
     StopOnNonFiniteLoss,
 )
+from lightning_modules.checkpointing import RunCheckpoint, SafeCheckpointIO, SaveOnSignal
 from lightning_modules.classifier import ViTClassifier
 from lightning_modules.diffusion import DiffusionModule
 from lightning_modules.ema import EMA
@@ -22,6 +23,9 @@ __all__ = [
     "ImageSampler",
     "ImageWriter",
     "RNGStateCheckpoint",
+    "RunCheckpoint",
+    "SafeCheckpointIO",
+    "SaveOnSignal",
     "StopOnNonFiniteLoss",
     "VAEModule",
     "ViTClassifier",

@@ -23,6 +23,7 @@ from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from torch import Tensor
 
+from lightning_modules.checkpointing import atomic_file
 from lightning_modules.images import image_grid, log_image, save_png
 
 
@@ -244,7 +245,7 @@ class ClassificationWriter(BasePredictionWriter):
             return
         rows.sort(key=lambda row: row[0])
         num_classes = len(rows[0]) - 3 if rows else 0
-        with open(self.output_file, "w", newline="") as f:
+        with atomic_file(self.output_file) as temporary, open(temporary, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["index", "label", "prediction"] + [f"prob_{k}" for k in range(num_classes)])
             writer.writerows(rows)

@@ -12,6 +12,8 @@ from PIL import Image
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
+from lightning_modules.checkpointing import atomic_file
+
 
 def to_unit_range(x: Tensor, value_range: tuple[float, float]) -> Tensor:
     """Map images from ``value_range`` (e.g. (-1, 1)) to [0, 1], clamped."""
@@ -31,13 +33,13 @@ def image_grid(images: Tensor, padding: int = 2) -> Tensor:
 
 
 def save_png(image: Tensor, path: str | Path) -> None:
-    """Save one (C, H, W) image in [0, 1] as an 8-bit PNG: grayscale for one channel, RGB for three."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    if image.dim() == 3 and image.shape[0] == 1:  # save_image would expand it to three channels
-        pixels = (image[0].float().clamp(0, 1) * 255).round().byte().cpu().numpy()
-        Image.fromarray(pixels).save(path)  # uint8 (H, W): mode "L"
-        return
-    save_image(image.float().cpu(), str(path))
+    """Save one (C, H, W) image in [0, 1] as an 8-bit PNG: grayscale for one channel, RGB for three (atomically)."""
+    with atomic_file(path) as temporary:
+        if image.dim() == 3 and image.shape[0] == 1:  # save_image would expand it to three channels
+            pixels = (image[0].float().clamp(0, 1) * 255).round().byte().cpu().numpy()
+            Image.fromarray(pixels).save(temporary, format="PNG")  # uint8 (H, W): mode "L"
+        else:
+            save_image(image.float().cpu(), str(temporary), format="PNG")
 
 
 def log_image(trainer: L.Trainer, key: str, image: Tensor) -> list[str]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import importlib
 import importlib.util
 
 import torch
@@ -26,6 +25,8 @@ from torch import Tensor
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
+from datamodules import ImageDataModule
+from lightning_modules.registry import project_class, project_class_names
 from networks.vit import VisionTransformer
 
 FeatureChoice = Literal["auto", "inception", "classifier"]
@@ -96,8 +97,7 @@ class ClassifierFeatures(nn.Module):
         state = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
         self.net.load_state_dict(state)
         self.net.eval().requires_grad_(False)
-        module_name, class_name = data_hp["_class_path"].rsplit(".", 1)
-        datamodule = getattr(importlib.import_module(module_name), class_name)
+        datamodule = _datamodule_class(data_hp["_class_path"], checkpoint)
         self.register_buffer("mean", torch.tensor(datamodule.mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(datamodule.std).view(1, -1, 1, 1))
         self.channels, self.size = channels, size
@@ -115,6 +115,18 @@ class ClassifierFeatures(nn.Module):
         if images.shape[-1] != self.size:
             images = F.interpolate(images.float(), size=(self.size, self.size), mode="bilinear", antialias=True)
         return self.net.forward_features((images.float() - self.mean) / self.std)
+
+
+def _datamodule_class(class_path: str, checkpoint: str) -> type:
+    """The module14 datamodule a classifier checkpoint names, looked up by name: the file never chooses an import."""
+    datamodule = project_class(class_path, ImageDataModule)
+    if datamodule is None:
+        raise ValueError(
+            f"'{checkpoint}' was trained on a datamodule '{class_path}' that is not one of module14's "
+            f"({', '.join(project_class_names(ImageDataModule))}); its normalisation is unknown. Use a classifier "
+            f"trained with `module14 fit` on one of them."
+        )
+    return datamodule
 
 
 class _Precomputed(nn.Module):

@@ -1,7 +1,10 @@
-"""Test helpers importable by CLI runs: a callback recording every rank's weights and metrics, a model that goes NaN."""
+"""Test helpers importable by CLI runs: a callback recording every rank's weights and metrics, a model that goes NaN,
+a callback that sends the process a signal."""
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import lightning as L
@@ -32,6 +35,18 @@ class RecordRankState(Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking and trainer.state.fn == "validate":
             self._save(trainer, pl_module, "validate")
+
+
+class SignalAtStep(Callback):
+    """Sends this process ``signum`` (e.g. 15 for SIGTERM) once, when training step ``step`` starts."""
+
+    def __init__(self, signum: int, step: int) -> None:
+        super().__init__()
+        self.signum, self.step = signum, step
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.Signals(self.signum))
 
 
 from lightning_modules.classifier import ViTClassifier  # noqa: E402

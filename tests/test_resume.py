@@ -61,3 +61,21 @@ def test_gan_resumes_exactly_with_ema_and_both_optimizers(run_cli, tmp_path):
     resume_matches_uninterrupted(run_cli, tmp_path, ["--config", "configs/gan_mnist.yaml", "--model.hidden_dim=32",
                                                      "--model.ema_decay=0.9", "--data.batch_size=16"],
                                  total_steps=8, resume_step=4)
+
+
+def test_vit_resumes_exactly_after_sigterm(run_cli, tmp_path):
+    """SIGTERM mid-epoch: the checkpoint SaveOnSignal writes as last.ckpt resumes to the uninterrupted run's weights."""
+    run = ["--config", "configs/vit_mnist.yaml", *TINY_VIT, "--model.dropout=0.2", "--data.batch_size=16",
+           *CSV_LOGGER, *DETERMINISTIC, "--trainer.max_steps=7"]
+    uninterrupted = run_cli("fit", *run)
+    with pytest.raises(SystemExit) as stopped:
+        run_cli("fit", *run, "--trainer.callbacks+=rank_state.SignalAtStep", "--trainer.callbacks.init_args.signum=15",
+                "--trainer.callbacks.init_args.step=2")
+    assert stopped.value.code == 143
+    (last,) = tmp_path.glob("runs/lightning_logs/version_1/checkpoints/last.ckpt")
+    assert torch.load(last, weights_only=True)["global_step"] == 3  # the batch in flight finished, then it stopped
+    resumed = run_cli("fit", *run, f"--ckpt_path={last}")
+    assert resumed.trainer.global_step == 7
+    expected, actual = uninterrupted.model.state_dict(), resumed.model.state_dict()
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=0, msg=f"{key} differs after resuming")
