@@ -42,6 +42,14 @@ def _stop_suite_on_signal():
         signal.signal(signum, _stop)
 
 
+@pytest.fixture
+def user_signal_handlers():
+    """For a test that signals its own process: SIGINT/SIGTERM reach the code under test as they would a user's run
+    (Python's and Lightning's handlers, not the suite's stop). The suite's handlers come back after the test."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def module14(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None):
     """Run the installed ``module14`` console script, as a user types it; returns the CompletedProcess."""
     import subprocess

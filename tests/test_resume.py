@@ -63,7 +63,7 @@ def test_gan_resumes_exactly_with_ema_and_both_optimizers(run_cli, tmp_path):
                                  total_steps=8, resume_step=4)
 
 
-def test_vit_resumes_exactly_after_sigterm(run_cli, tmp_path):
+def test_vit_resumes_exactly_after_sigterm(run_cli, tmp_path, user_signal_handlers):
     """SIGTERM mid-epoch: the checkpoint SaveOnSignal writes as last.ckpt resumes to the uninterrupted run's weights."""
     run = ["--config", "configs/vit_mnist.yaml", *TINY_VIT, "--model.dropout=0.2", "--data.batch_size=16",
            *CSV_LOGGER, *DETERMINISTIC, "--trainer.max_steps=7"]
