@@ -13,17 +13,12 @@ which costs a second generator forward and changes nothing in expectation.
 
 Design notes for Lightning's features:
 
-* **DDP.** Lightning wraps the whole LightningModule in one ``DistributedDataParallel`` and, under manual optimisation,
-  prepares DDP's reducer at every ``manual_backward``. The discriminator backward reaches only D's parameters and the
-  generator backward only G's (D is toggled off with ``toggle_optimizer``), so each backward uses a different parameter
-  set; with ``find_unused_parameters=False`` DDP waits for gradients that never come and the next step fails ("parameters
-  that were not used in producing the loss"; checked with 2 gloo processes) -- how Lightning's own GAN example breaks. We therefore require ``find_unused_parameters=True``
-  (``trainer.strategy: ddp_find_unused_parameters_true``): DDP then walks each loss's graph, all-reduces exactly the
-  network being stepped and leaves the other one's gradients untouched. We chose this over the alternatives because it
-  keeps the algorithm exact and costs no compute: making every backward touch every parameter would mean back-propagating
-  the discriminator loss through G (an extra generator backward per batch, and no longer "detached fake"), and one
-  combined backward for both losses would turn the alternating updates into simultaneous ones. The graph walk over these
-  small graphs is negligible. ``setup`` raises a clear error for a DDP strategy without it.
+* **DDP.** Lightning wraps the whole LightningModule in one ``DistributedDataParallel``. The discriminator backward
+  reaches only D's parameters and the generator backward only G's, so with DDP's default ``find_unused_parameters=False``
+  the reducer waits for gradients that never come and the next step fails -- how Lightning's own GAN example breaks
+  under DDP. ``setup`` therefore turns ``find_unused_parameters`` on for any DDP strategy (the stock ``ddp`` preset
+  included): DDP then walks each loss's graph and all-reduces exactly the network being stepped. This keeps the
+  alternating game exact at no compute cost, unlike back-propagating D's loss through G or one combined backward.
 * **Noise.** Every draw of ``z`` uses a ``torch.Generator`` seeded from ``(noise_seed, rank, stream, epoch, batch)``: ranks draw
   different noise although ``seed_everything`` gives them the same global seed, and a resumed run draws the noise the
   uninterrupted run would have drawn.
@@ -45,6 +40,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from lightning_modules.ema import EMA
@@ -180,11 +176,8 @@ class GANModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         strategy = self.trainer.strategy
         if isinstance(strategy, DDPStrategy) and not strategy._ddp_kwargs.get("find_unused_parameters", False):
-            raise ValueError(
-                "GANModule under DDP needs find_unused_parameters=True: the discriminator and generator steps each "
-                "back-propagate into one network only (see lightning_modules/gan.py). Set "
-                "trainer.strategy: ddp_find_unused_parameters_true (or ddp_spawn_find_unused_parameters_true)."
-            )
+            strategy._ddp_kwargs["find_unused_parameters"] = True  # read when the model is wrapped, after setup
+            rank_zero_info("GANModule: DDP with find_unused_parameters=True (the D and G steps each reach one network)")
 
     def _bce(self, logits: Tensor, target: float) -> Tensor:
         return F.binary_cross_entropy_with_logits(logits.float(), torch.full_like(logits.float(), target))

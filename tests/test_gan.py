@@ -152,13 +152,13 @@ def test_gradient_clipping_acts_on_unscaled_16_mixed_gradients():
         assert event["grad_norm"] == pytest.approx(clip, rel=1e-2)
 
 
-def test_plain_ddp_strategy_is_refused_with_a_clear_message():
+def test_stock_ddp_strategy_finds_unused_parameters():
+    """Each backward reaches one network: under any DDP strategy the reducer must look for unused parameters."""
     model = small_gan()
-    model.trainer = trainer(devices=2, strategy="ddp")  # built, never launched: setup() is where the check lives
-    with pytest.raises(ValueError, match="ddp_find_unused_parameters_true"):
-        model.setup("fit")
-    model.trainer = trainer(devices=2, strategy="ddp_find_unused_parameters_true")
+    model.trainer = trainer(devices=2, strategy="ddp")  # built, never launched: setup() runs before DDP wraps the model
+    assert not model.trainer.strategy._ddp_kwargs.get("find_unused_parameters", False)
     model.setup("fit")
+    assert model.trainer.strategy._ddp_kwargs["find_unused_parameters"] is True
 
 
 # ------------------------------------------------------------------------------------------------------ resume
@@ -239,7 +239,7 @@ def test_two_process_ddp_run_ends_with_identical_weights_and_metrics(tmp_path, d
     vit = tiny_vit_checkpoint(tmp_path / "vit.ckpt")
     args = [
         "--config", str(ROOT / "configs" / "gan_mnist.yaml"), "--trainer.accelerator=cpu", "--trainer.devices=2",
-        "--trainer.strategy=ddp_find_unused_parameters_true", "--trainer.precision=32-true", "--trainer.max_steps=8",
+        "--trainer.strategy=ddp", "--trainer.precision=32-true", "--trainer.max_steps=8",
         "--trainer.val_check_interval=4", "--trainer.limit_val_batches=2", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
         "--trainer.callbacks=[]", "--trainer.enable_progress_bar=false", "--data.batch_size=16",
         "--data.num_workers=0", "--model.hidden_dim=32", "--model.quality_num_samples=32",
