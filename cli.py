@@ -29,9 +29,14 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import lightning_modules  # noqa: F401  (registers the model classes for --model ShortName)
-from lightning_modules.callbacks import NonFiniteLossError, RNGStateCheckpoint, StopOnNonFiniteLoss
+from lightning_modules.callbacks import (
+    NonFiniteLossError,
+    RNGStateCheckpoint,
+    StopOnNonFiniteLoss,
+    WarnOnScheduleChange,
+)
 from lightning_modules.checkpointing import SafeCheckpointIO, SaveOnSignal
-from lightning_modules.precision import probe_cpu_precision, resolve_precision
+from lightning_modules.precision import check_precision, probe_cpu_precision, resolve_precision
 from lightning_modules.registry import project_class, project_class_names
 from datamodules import DatasetIntegrityError, ImageDataModule
 
@@ -100,11 +105,11 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
 
 
-def read_checkpoint_hparams(path: str) -> dict:
-    """The model hyperparameters of a checkpoint, loaded without running pickled code (``weights_only``).
+def read_checkpoint(path: str) -> dict:
+    """A Lightning checkpoint, loaded without running pickled code (``weights_only``), whose weights are all finite.
 
     Anything but a readable Lightning checkpoint (an empty or truncated file, a bare tensor, a list, a dict without a
-    ``state_dict``) is one ``CheckpointError`` saying what the file holds.
+    ``state_dict``, NaN/inf weights) is one ``CheckpointError`` saying what the file holds.
     """
     use_another = "Use another checkpoint of the run (last.ckpt or the best one beside it)."
     if Path(path).stat().st_size == 0:
@@ -122,10 +127,18 @@ def read_checkpoint_hparams(path: str) -> dict:
         raise CheckpointError(
             f"'{path}' holds {holds}, not a Lightning checkpoint (a dict with a 'state_dict' of weights). {use_another}"
         )
-    hparams = checkpoint.get("hyper_parameters", {})
-    if not isinstance(hparams, dict):
-        raise CheckpointError(f"'{path}' has hyper_parameters of type {type(hparams).__name__}, not a dict. {use_another}")
-    return hparams
+    for key in ("hyper_parameters", "datamodule_hyper_parameters"):
+        if not isinstance(checkpoint.get(key, {}), dict):
+            raise CheckpointError(f"'{path}' has {key} of type {type(checkpoint[key]).__name__}, not a dict. {use_another}")
+    non_finite = [name for name, value in checkpoint["state_dict"].items()
+                  if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()]
+    if non_finite:
+        more = f" and {len(non_finite) - 3} more" if len(non_finite) > 3 else ""
+        raise CheckpointError(
+            f"checkpoint '{path}' holds NaN or infinite weights ({', '.join(non_finite[:3])}{more}): it was saved "
+            f"after training diverged, and every result computed with it would be NaN. {use_another}"
+        )
+    return checkpoint
 
 
 def refuse_remote(ckpt_path: str) -> None:
@@ -147,6 +160,7 @@ class Module14CLI(LightningCLI):
         # Always on: per-rank random streams and exact resumption; no training on NaNs.
         parser.add_lightning_class_args(RNGStateCheckpoint, "rng_state")
         parser.add_lightning_class_args(StopOnNonFiniteLoss, "stop_on_non_finite_loss")
+        parser.add_lightning_class_args(WarnOnScheduleChange, "warn_on_schedule_change")
         # Always on: SIGTERM / SIGINT during fit save a resumable checkpoint and exit with 128 + the signal.
         parser.add_lightning_class_args(SaveOnSignal, "save_on_signal")
 
@@ -158,14 +172,21 @@ class Module14CLI(LightningCLI):
         recorded class must be the config's or one of module14's own (looked up by name, never imported).
         """
         self._checkpoint_hparams: dict = {}
+        self._checkpoint_data_hparams: dict = {}
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if not ckpt_path:
+            if subcommand == "predict" and rank_zero_only.rank == 0:
+                print("module14: predict without --ckpt_path: the model's weights are random (pass --ckpt_path "
+                      "<run folder>/last.ckpt to predict with a trained model)", file=sys.stderr)
             return
         refuse_remote(str(ckpt_path))
         if not Path(ckpt_path).is_file():
             return  # "best", "last", "hpc" or a missing file: Lightning's own handling and message
-        self._checkpoint_hparams = read_checkpoint_hparams(ckpt_path)
+        checkpoint = read_checkpoint(ckpt_path)
+        self._checkpoint_hparams = checkpoint.get("hyper_parameters", {})
+        self._checkpoint_data_hparams = checkpoint.get("datamodule_hyper_parameters", {})
+        del checkpoint  # the weights: Lightning loads them again when it restores
         hparams = {k: v for k, v in self._checkpoint_hparams.items() if k not in ("_class_path", "_instantiator")}
         saved = self._checkpoint_hparams.get("_class_path")
         if saved:
@@ -199,6 +220,7 @@ class Module14CLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         """``trainer.precision: null`` (what the configs say) means: the fastest precision on this machine."""
         config = self.config[self.subcommand] if self.subcommand else self.config
+        check_precision(config.trainer.get("precision"))
         self._probe_precision, self._precision_reason = False, None
         if config.trainer.get("precision") is None:
             precision, self._precision_reason = resolve_precision(str(config.trainer.get("accelerator") or "auto"))
@@ -221,8 +243,16 @@ class Module14CLI(LightningCLI):
                   f"--trainer.precision chooses", file=sys.stderr)
 
     def after_instantiate_classes(self) -> None:
-        """A checkpoint trained on other image shapes/classes than the datamodule provides is a clear error."""
-        self._choose_precision()
+        """Settings that only make sense together are checked before any work: the validation split against the
+        subcommand and monitored metrics, and the checkpoint against the datamodule (shapes, classes, data split)."""
+        self._check_validation_split()
+        if self.subcommand == "fit":
+            self._check_resumed_split()
+        self._check_checkpoint_shapes()
+        self._choose_precision()  # may time training steps: after every check
+
+    def _check_checkpoint_shapes(self) -> None:
+        """A checkpoint trained on other image shapes/classes than the datamodule provides is a ``CheckpointError``."""
         model_hparams = getattr(self.model, "hparams", {})
         for key in ("image_shape", "num_classes"):
             saved, now = self._checkpoint_hparams.get(key), model_hparams.get(key)
@@ -232,6 +262,36 @@ class Module14CLI(LightningCLI):
                     f"data settings it was trained with (data.image_size, the dataset class; see the config.yaml "
                     f"beside the checkpoint)."
                 )
+
+    def _check_validation_split(self) -> None:
+        """``data.val_size: 0`` leaves nothing to validate on: refused for ``validate``, and for ``fit`` when a
+        callback monitors a metric (the best checkpoint would never be chosen)."""
+        if self.subcommand not in ("fit", "validate") or getattr(self.datamodule, "val_size", None) != 0:
+            return
+        fix = "Set --data.init_args.val_size to a count of images or a fraction (e.g. 0.1)"
+        if self.subcommand == "validate":
+            raise ValueError(f"data.val_size=0: validate has no validation images to measure. {fix}, as in training.")
+        monitors = sorted({cb.monitor for cb in self.trainer.callbacks if getattr(cb, "monitor", None)})
+        if monitors:
+            raise ValueError(
+                f"data.val_size=0 holds out no validation images, but trainer.callbacks monitor {', '.join(monitors)}: "
+                f"no metric to monitor means no best checkpoint (and no early stopping). {fix}, or remove the "
+                f"monitor from those callbacks."
+            )
+
+    def _check_resumed_split(self) -> None:
+        """Resuming ``fit`` with another train/val split (``data.seed``, ``data.val_size``) would validate on images
+        the checkpoint was trained on; refused, naming what changed."""
+        saved, now = self._checkpoint_data_hparams, getattr(self.datamodule, "hparams", {})
+        changed = [f"data.{key}={saved[key]!r} -> {now[key]!r}" for key in ("seed", "val_size")
+                   if key in saved and key in now and saved[key] != now[key]]
+        if changed:
+            raise CheckpointError(
+                f"resuming from '{self.config.fit.ckpt_path}' with another train/val split ({', '.join(changed)}): "
+                f"the new validation images include ones the checkpoint was trained on, so its metrics and best "
+                f"checkpoint would be meaningless. Resume with the checkpoint's data settings (the config.yaml beside "
+                f"it), or start a new run without --ckpt_path."
+            )
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """The trainer, with ``SafeCheckpointIO`` (atomic writes, weights-only loads) unless a CheckpointIO plugin was
@@ -264,9 +324,18 @@ class Module14CLI(LightningCLI):
 
 
 # Errors whose message says what is wrong and how to fix it: the console script prints the message, not a traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, DatasetIntegrityError,
-               NonFiniteLossError)
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+               DatasetIntegrityError, NonFiniteLossError)
 _received_sigint: list[int] = []
+
+
+def user_message(err: BaseException) -> str:
+    """The error's message. One raised in a DataLoader worker arrives with the worker's traceback prepended ("Caught
+    X in DataLoader worker process 0. Original Traceback ..."); only the original message is kept."""
+    message = str(err)
+    if message.startswith("Caught ") and "\nOriginal Traceback" in message:
+        return message.rsplit(f"{type(err).__name__}: ", 1)[-1].strip()
+    return message
 
 
 def _record_sigint(signum: int, frame) -> None:
@@ -313,7 +382,7 @@ def main(args: ArgsType = None) -> int:
     except USER_ERRORS as err:
         if os.environ.get("MODULE14_TRACEBACK"):
             raise
-        print(f"error: {err}\n(MODULE14_TRACEBACK=1 shows where it was raised)", file=sys.stderr)
+        print(f"error: {user_message(err)}\n(MODULE14_TRACEBACK=1 shows where it was raised)", file=sys.stderr)
         status = 1
     if _received_sigint:
         return 128 + signal.SIGINT

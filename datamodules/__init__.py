@@ -5,6 +5,7 @@ from datamodules.base import (
     DatasetIntegrityError,
     DatasetNotFoundError,
     ImageDataModule,
+    UnreadableDataError,
     default_data_dir,
 )
 from datamodules.celeba import CelebADataModule
@@ -19,5 +20,6 @@ __all__ = [
     "DatasetNotFoundError",
     "ImageDataModule",
     "MNISTDataModule",
+    "UnreadableDataError",
     "default_data_dir",
 ]

@@ -34,6 +34,19 @@ class DatasetIntegrityError(RuntimeError):
     """The files are present but differ from the checksums torchvision publishes."""
 
 
+class UnreadableDataError(DatasetIntegrityError):
+    """A data file or folder is present but unusable: no read permission, truncated, or not in its format."""
+
+
+REPLACE_FILE = ("Replace it with an intact copy: delete it and run once with --data.init_args.download=true, or copy it "
+                "again from where the data came from.")
+
+
+def unreadable_file(dataset_name: str, path: str | Path, problem: str, fix: str = REPLACE_FILE) -> UnreadableDataError:
+    """The one error for a bad data file: which dataset, which file, what is wrong with it, and the fix."""
+    return UnreadableDataError(f"{dataset_name}: data file '{path}' {problem}. {fix}")
+
+
 def default_data_dir() -> str:
     return os.environ.get(DATA_DIR_ENV, "./data")
 
@@ -95,6 +108,11 @@ class ImageDataModule(L.LightningDataModule):
             raise ValueError(f"val_size={val_size}: give a count of images or a fraction in [0, 1).")
         if image_size is not None and image_size <= 0:
             raise ValueError(f"image_size={image_size} must be positive (or null for the native size).")
+        if predict_size is not None and predict_size <= 0:
+            raise ValueError(
+                f"data.predict_size={predict_size} would predict no image: give a positive count of test images, or "
+                f"null for all of them."
+            )
         self.save_hyperparameters()
         self.data_dir = Path(data_dir if data_dir is not None else default_data_dir()).expanduser()
         self.download = download
@@ -148,8 +166,35 @@ class ImageDataModule(L.LightningDataModule):
         return [v2.RandomCrop(self.image_size, padding=self.image_size // 8)]
 
     # ------------------------------------------------------------------------------------------- file checks
+    def check_contents(self) -> None:
+        """Cheap checks of the files' sizes, headers and labels (in subclasses), so that a corrupt file fails in
+        ``setup`` naming itself, not mid-epoch. Runs after ``check_files``."""
+
+    def _exists(self, rel: str) -> bool:
+        """Whether ``data_dir/rel`` exists; a folder on the way that cannot be entered is an ``UnreadableDataError``."""
+        path = self.data_dir / rel
+        try:
+            return path.exists()
+        except PermissionError as err:
+            raise self._no_permission(Path(err.filename or path)) from err
+
+    def _no_permission(self, path: Path) -> UnreadableDataError:
+        return unreadable_file(
+            self.dataset_name, path, "cannot be read (permission denied)",
+            fix=f"Give your user read access (chmod -R u+rX '{path}') or point --data.init_args.data_dir (or the "
+                f"{DATA_DIR_ENV} environment variable) at a readable copy.",
+        )
+
     def missing_files(self) -> list[str]:
-        return [rel for rel in self.required_files() if not (self.data_dir / rel).exists()]
+        return [rel for rel in self.required_files() if not self._exists(rel)]
+
+    def check_readable(self) -> None:
+        """Every required file can be read and every required folder listed, else an ``UnreadableDataError``."""
+        for rel in self.required_files():
+            path = self.data_dir / rel
+            mode = os.R_OK | os.X_OK if path.is_dir() else os.R_OK
+            if not os.access(path, mode):
+                raise self._no_permission(path)
 
     def mismatched_files(self) -> list[str]:
         return [
@@ -184,17 +229,22 @@ class ImageDataModule(L.LightningDataModule):
             raise self._not_found_error(missing, err) from err
 
     def check_files(self) -> None:
+        """All required files present and readable, and (unless ``verify_integrity`` is off) torchvision's md5."""
         missing = self.missing_files()
         if missing:
             raise self._not_found_error(missing, None)
+        self.check_readable()
         mismatched = self.mismatched_files()
         if not mismatched:
             return
         what = f"{len(mismatched)} file(s) under '{self.data_dir}' differ from torchvision's md5: {', '.join(mismatched)}"
         if self.verify_integrity:
             raise DatasetIntegrityError(
-                f"{self.dataset_name}: {what}. The copy is corrupted, partial or assembled by hand. Re-download it "
-                f"(data.download=true after deleting those files), or load it as it is with data.verify_integrity=false."
+                f"{self.dataset_name}: {what}. They are not the files of the published dataset: a partial copy (a "
+                f"subset, such as the one in shared/data), a copy assembled by hand, or corrupted files. To train on "
+                f"this copy as it is, opt in with --data.init_args.verify_integrity=false (in a config: data: "
+                f"init_args: verify_integrity: false); its split sizes then differ from the published ones. To get the "
+                f"original files, delete these and run once with --data.init_args.download=true."
             )
         warnings.warn(
             f"{self.dataset_name}: {what}; loading them anyway (verify_integrity=false). Results are not comparable "
@@ -234,6 +284,7 @@ class ImageDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None and self.test_set is None:  # once, before the first dataset is built
             self.check_files()
+            self.check_contents()
         if stage in (None, "fit", "validate") and self.train_set is None:
             train_full = self.make_dataset(train=True, transform=self.train_transform())
             val_full = self.make_dataset(train=True, transform=self.eval_transform())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
@@ -11,9 +12,31 @@ from torchvision.datasets import CelebA
 from torchvision.datasets.celeba import CSV
 from torchvision.transforms import v2
 
-from datamodules.base import ImageDataModule
+from datamodules.base import ImageDataModule, unreadable_file
 
 _OPTIONAL_LISTS = {"list_bbox_celeba.txt": 4, "list_landmarks_align_celeba.txt": 10}  # file -> columns
+IMAGE_FOLDER = "img_align_celeba"
+JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"  # SOI and EOI markers
+TAIL_BYTES = 1024  # where the EOI marker is looked for (a JPEG may carry a little padding after it)
+
+
+def check_jpeg(path: Path) -> None:
+    """A cheap check that ``path`` is a whole JPEG: not empty, starts with SOI, and its tail holds the EOI marker.
+
+    A file cut short (an interrupted copy or extraction) ends inside the compressed data, where 0xFF bytes are
+    always followed by 0x00, so the EOI marker is missing. Decoding every image would take much longer.
+    """
+    size = path.stat().st_size
+    if size == 0:
+        raise unreadable_file("CelebA", path, "is empty (0 bytes)")
+    with open(path, "rb") as f:
+        head = f.read(2)
+        f.seek(max(0, size - TAIL_BYTES))
+        tail = f.read()
+    if head != JPEG_START:
+        raise unreadable_file("CelebA", path, f"does not start like a JPEG (first bytes {head.hex()}, not ffd8)")
+    if JPEG_END not in tail:
+        raise unreadable_file("CelebA", path, f"is truncated: its {size} bytes end without the JPEG end marker")
 
 
 class _CelebA(CelebA):
@@ -22,8 +45,21 @@ class _CelebA(CelebA):
     Targets are the 40 attributes; a copy without the bbox/landmark lists gets zero placeholders for them.
     """
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if not ((self.attr == 0) | (self.attr == 1)).all():  # torchvision maps the file's -1/1 to 0/1
+            path = Path(self.root) / self.base_folder / "list_attr_celeba.txt"
+            raise unreadable_file("CelebA", path, "has attribute values other than -1 and 1")
+
     def _check_integrity(self) -> bool:
         return True
+
+    def __getitem__(self, index: int):
+        try:
+            return super().__getitem__(index)
+        except OSError as err:  # PIL's errors for a truncated or undecodable image (UnidentifiedImageError included)
+            path = Path(self.root) / self.base_folder / IMAGE_FOLDER / self.filename[index]
+            raise unreadable_file("CelebA", path, f"cannot be decoded ({err})") from err
 
     def _load_csv(self, filename: str, header: int | None = None) -> CSV:
         if filename in _OPTIONAL_LISTS and not os.path.exists(os.path.join(self.root, self.base_folder, filename)):
@@ -48,7 +84,7 @@ class CelebADataModule(ImageDataModule):
     full_sizes = {"train": 162770, "test": 19962}
 
     def required_files(self) -> dict[str, str | None]:
-        files = {f"celeba/img_align_celeba": None}
+        files = {f"celeba/{IMAGE_FOLDER}": None}
         for _, md5, name in CelebA.file_list:
             if name.endswith(".zip"):
                 continue  # the extracted folder is what is read
@@ -62,6 +98,13 @@ class CelebADataModule(ImageDataModule):
         absent = [name for name in _OPTIONAL_LISTS if not (self.data_dir / "celeba" / name).exists()]
         if absent:
             warnings.warn(f"CelebA: {', '.join(absent)} absent; bbox/landmark targets are zero placeholders.", stacklevel=2)
+
+    def check_contents(self) -> None:
+        """Every image in the image folder passes ``check_jpeg``: a corrupt one fails here, not mid-epoch."""
+        with os.scandir(self.data_dir / "celeba" / IMAGE_FOLDER) as entries:
+            for entry in entries:
+                if entry.name.endswith(".jpg"):
+                    check_jpeg(Path(entry.path))
 
     def download_dataset(self) -> None:
         CelebA(self.data_dir, download=True)  # needs gdown, and Google Drive quotas often refuse it

@@ -1,25 +1,119 @@
-"""CIFAR-10: 50k/10k colour 32x32 images in 10 classes."""
+"""CIFAR-10: 50k/10k colour 32x32 images in 10 classes.
+
+The batches are Python pickles. They are read with ``_BatchUnpickler``, which builds only what the format holds
+(dicts, lists, str/bytes, ints, uint8 numpy arrays), so a tampered file cannot run code: torchvision's plain
+``pickle.load`` would run whatever ``__reduce__`` payload the file carries.
+"""
 
 from __future__ import annotations
 
+import _codecs
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 from torch.utils.data import Dataset
-from torchvision.datasets import CIFAR10
+from torchvision.datasets import CIFAR10, VisionDataset
 from torchvision.transforms import v2
 
-from datamodules.base import ImageDataModule
+from datamodules.base import ImageDataModule, unreadable_file
+
+DATASET_NAME = "CIFAR-10"
+NUM_CLASSES = 10
+IMAGE_BYTES = 3 * 32 * 32
+
+_RECONSTRUCT = np.zeros(1).__reduce__()[0]  # numpy's array reconstructor, wherever this numpy version keeps it
+_FROMBUFFER = np.zeros(1).__reduce_ex__(5)[0]  # the protocol-5 one
+# The only globals a CIFAR-10 pickle names: numpy's array/dtype reconstruction (under numpy 1's and numpy 2's module
+# names), and _codecs.encode, which Python 3 uses for bytes in protocol-2 pickles.
+_ALLOWED_GLOBALS = {
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy.core.numeric", "_frombuffer"): _FROMBUFFER,
+    ("numpy._core.numeric", "_frombuffer"): _FROMBUFFER,
+    ("_codecs", "encode"): _codecs.encode,
+}
+
+
+class _ForbiddenGlobal(pickle.UnpicklingError):
+    """The pickle names a function or class outside ``_ALLOWED_GLOBALS``."""
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """An unpickler that looks up only ``_ALLOWED_GLOBALS``: any other name (``os.system``, ``builtins.eval``, ...)
+    is refused before it is imported or called."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = _ALLOWED_GLOBALS.get((module, name))
+        if allowed is None:
+            raise _ForbiddenGlobal(f"{module}.{name}")
+        return allowed
+
+
+def unpickle(path: Path) -> Any:
+    """The object pickled in ``path``, built by ``_BatchUnpickler`` (latin1 strings, as torchvision reads them)."""
+    try:
+        with open(path, "rb") as f:
+            return _BatchUnpickler(f, encoding="latin1").load()
+    except _ForbiddenGlobal as err:
+        raise unreadable_file(
+            DATASET_NAME, path,
+            f"asks to call or import '{err}', which a CIFAR-10 file never holds: it was tampered with or is not a "
+            f"CIFAR-10 file (it was refused; nothing in it ran)",
+            fix="Do not use this copy: delete it and download the dataset again from the official source "
+                "(--data.init_args.download=true).",
+        ) from None
+    except Exception as err:  # truncated, garbled or not a pickle: the file is unusable whatever the cause
+        raise unreadable_file(
+            DATASET_NAME, path, f"is truncated or not a CIFAR-10 pickle ({type(err).__name__}: {err})"
+        ) from err
+
+
+def read_batch(path: Path) -> tuple[np.ndarray, list[int]]:
+    """A batch file's images (uint8, N x 3072) and labels (N ints in [0, 10)), checked against the format."""
+    batch = unpickle(path)
+    data = batch.get("data") if isinstance(batch, dict) else None
+    labels = batch.get("labels") if isinstance(batch, dict) else None
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == IMAGE_BYTES):
+        raise unreadable_file(DATASET_NAME, path, f"has no 'data' array of uint8 images (N x {IMAGE_BYTES})")
+    if not (isinstance(labels, list) and len(labels) == len(data) and all(type(y) is int for y in labels)):
+        raise unreadable_file(DATASET_NAME, path, f"has no 'labels' list of {len(data)} ints (one per image)")
+    bad = sorted({y for y in labels if not 0 <= y < NUM_CLASSES})
+    if bad:
+        raise unreadable_file(DATASET_NAME, path, f"has labels outside 0..{NUM_CLASSES - 1}: {bad[:5]}")
+    return data, labels
 
 
 class _CIFAR10(CIFAR10):
-    """torchvision's CIFAR10 with its md5 check left to the datamodule, which may allow partial copies."""
+    """torchvision's CIFAR10 (folder layout, file lists, metadata, ``__getitem__``) whose files are read with
+    ``read_batch`` / ``unpickle`` instead of ``pickle.load``. The md5 check is left to the datamodule."""
 
-    def _check_integrity(self) -> bool:
-        return True
+    def __init__(self, root: str | Path, train: bool, transform: v2.Transform) -> None:
+        VisionDataset.__init__(self, root, transform=transform)
+        self.train = train
+        folder = Path(self.root) / self.base_folder
+        batches = [read_batch(folder / name) for name, _ in (self.train_list if train else self.test_list)]
+        self.data = np.vstack([data for data, _ in batches]).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))
+        self.targets = [label for _, labels in batches for label in labels]
+        self._load_meta()
+
+    def _load_meta(self) -> None:
+        path = Path(self.root) / self.base_folder / self.meta["filename"]
+        meta = unpickle(path)
+        names = meta.get(self.meta["key"]) if isinstance(meta, dict) else None
+        if not (isinstance(names, list) and len(names) == NUM_CLASSES and all(isinstance(n, str) for n in names)):
+            raise unreadable_file(DATASET_NAME, path, f"has no '{self.meta['key']}' list of {NUM_CLASSES} class names")
+        self.classes = names
+        self.class_to_idx = {name: i for i, name in enumerate(names)}
 
 
 class CIFAR10DataModule(ImageDataModule):
     """CIFAR-10; ``augment: basic`` is the standard random crop (padding 4) + horizontal flip."""
 
-    dataset_name = "CIFAR-10"
+    dataset_name = DATASET_NAME
     channels = 3
     native_size = 32
     mean = (0.4914, 0.4822, 0.4465)
@@ -28,7 +122,7 @@ class CIFAR10DataModule(ImageDataModule):
 
     @property
     def num_classes(self) -> int:
-        return 10
+        return NUM_CLASSES
 
     def required_files(self) -> dict[str, str | None]:
         files = CIFAR10.train_list + CIFAR10.test_list + [[CIFAR10.meta["filename"], CIFAR10.meta["md5"]]]
@@ -38,7 +132,7 @@ class CIFAR10DataModule(ImageDataModule):
         CIFAR10(self.data_dir, download=True)
 
     def make_dataset(self, train: bool, transform: v2.Transform) -> Dataset:
-        return _CIFAR10(self.data_dir, train=train, transform=transform, download=False)
+        return _CIFAR10(self.data_dir, train=train, transform=transform)
 
     def basic_augmentations(self) -> list[v2.Transform]:
         return [v2.RandomCrop(self.image_size, padding=self.image_size // 8), v2.RandomHorizontalFlip()]

@@ -6,6 +6,7 @@ from lightning_modules.callbacks import (
     ImageWriter,
     RNGStateCheckpoint,
     StopOnNonFiniteLoss,
+    WarnOnScheduleChange,
 )
 from lightning_modules.checkpointing import RunCheckpoint, SafeCheckpointIO, SaveOnSignal
 from lightning_modules.classifier import ViTClassifier
@@ -29,4 +30,5 @@ __all__ = [
     "StopOnNonFiniteLoss",
     "VAEModule",
     "ViTClassifier",
+    "WarnOnScheduleChange",
 ]

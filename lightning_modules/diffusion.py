@@ -98,6 +98,14 @@ class DiffusionModule(L.LightningModule):
                 f"DiffusionModule needs data in [-1, 1] but data.normalization is {normalization!r}; "
                 f"set data.init_args.normalization: minus_one_one."
             )
+        if num_timesteps < 1:
+            raise ValueError(
+                f"model.num_timesteps={num_timesteps}: the diffusion needs T >= 1 noise levels; DDPM uses 1000."
+            )
+        if not 0.0 <= ddim_eta <= 1.0:
+            raise ValueError(
+                f"model.ddim_eta={ddim_eta} must be in [0, 1]: 0 samples deterministically (DDIM), 1 adds DDPM-like noise."
+            )
         if sampler not in get_args(Sampler):
             raise ValueError(f"model.sampler={sampler!r}: use one of {', '.join(get_args(Sampler))}.")
         if sampling_steps is not None and not 1 <= sampling_steps <= num_timesteps:
@@ -109,6 +117,11 @@ class DiffusionModule(L.LightningModule):
             )
         if fid_every_n_epochs < 0 or (fid_every_n_epochs and fid_num_samples < 2):
             raise ValueError("fid_every_n_epochs must be >= 0 (0: off), and fid_num_samples >= 2 when it is on.")
+        if fid_every_n_epochs and not 1 <= fid_sampling_steps <= num_timesteps:
+            raise ValueError(
+                f"model.fid_sampling_steps={fid_sampling_steps} must be in [1, T={num_timesteps}]: the FID/KID images "
+                f"are DDIM samples with that many steps."
+            )
         self.save_hyperparameters()
         self.net = SimpleUNet(
             in_channels=image_shape[0], model_channels=model_channels, num_res_blocks=num_res_blocks,

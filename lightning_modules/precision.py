@@ -17,6 +17,20 @@ import torch
 from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 
 PROBE_MARGIN = 1.1  # bf16-mixed must be this much faster to be chosen over exact fp32
+# What module14 trains and is tested in (with Lightning's short aliases); null lets resolve_precision choose.
+SUPPORTED = {"32-true": "32-true", "32": "32-true", "bf16-mixed": "bf16-mixed", "bf16": "bf16-mixed",
+             "16-mixed": "16-mixed (CUDA GPUs)", "16": "16-mixed"}
+
+
+def check_precision(precision: str | int | None) -> None:
+    """A ``trainer.precision`` module14 does not support (``64-true``: the data and samplers are float32; the
+    ``*-true`` half precisions) is a ValueError naming the supported ones, before anything is built."""
+    if precision is not None and str(precision) not in SUPPORTED:
+        choices = ", ".join(dict.fromkeys(SUPPORTED.values()))
+        raise ValueError(
+            f"trainer.precision={precision} is not supported by module14: use {choices}, or null (the fastest on "
+            f"this machine)."
+        )
 
 
 def cpu_has_native_bf16() -> bool:

@@ -6,7 +6,7 @@ import csv
 import pytest
 import torch
 import yaml
-from conftest import TINY_VIT, experiment_configs, module14
+from conftest import SUBSET_OPT_IN, TINY_VIT, experiment_configs, module14, opt_in
 
 from datamodules import DatasetNotFoundError
 
@@ -25,7 +25,7 @@ CPU_SIZED = {
 @pytest.mark.parametrize("config", experiment_configs(), ids=lambda p: p.stem)
 def test_every_config_fits_one_batch(run_cli, config):
     cli = run_cli("fit", "--config", str(config), "--trainer.fast_dev_run=true", "--trainer.enable_model_summary=false",
-                  *CPU_SIZED.get(config.stem, []))
+                  *CPU_SIZED.get(config.stem, []), *opt_in(config))
     assert cli.trainer.state.finished and cli.trainer.global_step >= 1
     losses = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if "loss" in k}
     assert losses and all(torch.isfinite(torch.tensor(list(losses.values()))))
@@ -101,4 +101,4 @@ def test_missing_data_root_is_a_clear_error(run_cli, tmp_path):
 def test_classifier_on_a_dataset_without_classes_is_a_clear_error(run_cli):
     with pytest.raises(ValueError, match="needs a dataset with single-label classes"):
         run_cli("fit", "--config", "configs/vit_mnist.yaml", "--data=CelebADataModule",
-                "--data.verify_integrity=false", "--trainer.fast_dev_run=true")
+                SUBSET_OPT_IN, "--trainer.fast_dev_run=true")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_VIT, module14
+from conftest import ROOT, TINY_VIT, module14
 
 from cli import CheckpointError
 from lightning_modules.callbacks import NonFiniteLossError
@@ -74,7 +74,9 @@ def _bad_checkpoints(folder: Path, good: Path) -> dict[str, Path]:
     missing = {**checkpoint, "state_dict": dict(list(checkpoint["state_dict"].items())[1:])}
     shapes = {**checkpoint, "state_dict": {k: v[..., :1] if v.dim() else v for k, v in checkpoint["state_dict"].items()}}
     other_module = {**checkpoint, "hyper_parameters": {**checkpoint["hyper_parameters"], "_class_path": "this.ViTClassifier"}}
-    contents = {"empty": None, "tensor": torch.zeros(3), "list": [1, 2], "no_state_dict": {"epoch": 1},
+    nan = {**checkpoint, "state_dict": {k: v * float("nan") if v.is_floating_point() else v
+                                        for k, v in checkpoint["state_dict"].items()}}
+    contents = {"empty": None, "tensor": torch.zeros(3), "list": [1, 2], "no_state_dict": {"epoch": 1}, "nan_weights": nan,
                 "pickled_code": {**checkpoint, "hook": _RunsCode()}, "missing_key": missing, "wrong_shape": shapes, "class_from_another_module": other_module}
     paths = {}
     for name, content in contents.items():
@@ -95,6 +97,7 @@ def _bad_checkpoints(folder: Path, good: Path) -> dict[str, Path]:
     ("missing_key", r"do not fit the model the config builds \(Missing key\(s\) in state_dict: .*net\."),
     ("wrong_shape", r"do not fit the model the config builds \(size mismatch for net\."),
     ("class_from_another_module", r"names the model class 'this.ViTClassifier', which is neither the config's"),
+    ("nan_weights", r"holds NaN or infinite weights \(.* and \d+ more\): it was saved after training diverged"),
 ])
 def test_unusable_checkpoint_is_one_clear_error(run_cli, tmp_path, vit_checkpoint, case, message):
     path = _bad_checkpoints(tmp_path, vit_checkpoint)[case]
@@ -131,3 +134,79 @@ def test_feature_classifier_never_imports_the_datamodule_its_checkpoint_names(tm
     with pytest.raises(ValueError, match=r"datamodule 'this.MNISTDataModule' that is not one of module14's"):
         ClassifierFeatures(str(tmp_path / "other.ckpt"))
     assert "this" not in sys.modules
+
+
+# --- settings checked before any work: exit 1, one paragraph naming the key, the value and the fix ---------------
+SETTINGS = {
+    "precision_64": (["fit", "--config", "configs/vit_mnist.yaml", "--trainer.precision=64-true"],
+                     "trainer.precision=64-true is not supported by module14: use 32-true, bf16-mixed, 16-mixed"),
+    "sampling_steps_over_T": (["fit", "--config", "configs/ddpm_mnist.yaml", "--model.init_args.sampling_steps=2000"],
+                              "model.sampling_steps=2000 must be in [1, T=1000]"),
+    "ddim_eta_negative": (["fit", "--config", "configs/ddpm_mnist.yaml", "--model.init_args.ddim_eta=-1"],
+                          "model.ddim_eta=-1.0 must be in [0, 1]"),
+    "ddim_eta_5": (["fit", "--config", "configs/ddpm_mnist.yaml", "--model.init_args.ddim_eta=5"],
+                   "model.ddim_eta=5.0 must be in [0, 1]"),
+    "num_timesteps_0": (["fit", "--config", "configs/ddpm_mnist.yaml", "--model.init_args.num_timesteps=0"],
+                        "model.num_timesteps=0: the diffusion needs T >= 1"),
+    "fid_sampling_steps_over_T": (["fit", "--config", "configs/ddpm_mnist.yaml", "--model.init_args.num_timesteps=10",
+                                   "--model.init_args.fid_every_n_epochs=1"],
+                                  "model.fid_sampling_steps=50 must be in [1, T=10]"),
+    "image_sampler_0_images": (["fit", "--config", "configs/ddpm_mnist.yaml", "--trainer.callbacks+=ImageSampler",
+                                "--trainer.callbacks.init_args.num_images=0"],
+                               "ImageSampler(num_images=0, every_n_epochs=1): both must be >= 1"),
+    "val_size_0_fit": (["fit", "--config", "configs/vit_mnist.yaml", "--data.val_size=0"],
+                       "data.val_size=0 holds out no validation images, but trainer.callbacks monitor val/acc"),
+    "val_size_0_validate": (["validate", "--config", "configs/vit_mnist.yaml", "--data.val_size=0"],
+                            "data.val_size=0: validate has no validation images"),
+    "predict_size_0": (["predict", "--config", "configs/vit_mnist.yaml", "--data.predict_size=0"],
+                       "data.predict_size=0 would predict no image"),
+    "predict_size_negative": (["predict", "--config", "configs/vit_mnist.yaml", "--data.predict_size=-5"],
+                              "data.predict_size=-5 would predict no image"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SETTINGS))
+def test_bad_setting_stops_before_any_work(tmp_path, monkeypatch, capsys, case):
+    """``main`` (the console script's function) in-process: exit 1 and the message, no traceback, nothing trained."""
+    from cli import main
+
+    args, message = SETTINGS[case]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MODULE14_TRACEBACK", raising=False)
+    resolved = [str(ROOT / a) if a.startswith("configs/") else a for a in args]
+    assert main([*resolved, *CSV_LOGGER, "--trainer.precision=32-true"] if case != "precision_64" else
+                [*resolved, *CSV_LOGGER]) == 1
+    stderr = capsys.readouterr().err
+    assert message in stderr and "Traceback" not in stderr
+    assert not list(tmp_path.glob("runs/**/*.ckpt"))
+
+
+def test_predict_without_a_checkpoint_warns_that_the_weights_are_random(tmp_path):
+    result = module14("predict", "--config", "configs/vit_mnist.yaml", *TINY_VIT, *CSV_LOGGER, "--data.predict_size=2",
+                      "--data.num_workers=0", "--trainer.precision=32-true", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "module14: predict without --ckpt_path: the model's weights are random" in result.stderr
+
+
+def test_predictions_csv_path_that_is_a_folder(run_cli, tmp_path, vit_checkpoint):
+    (tmp_path / "preds").mkdir()
+    with pytest.raises(IsADirectoryError, match=r"output_file '.*preds' is a folder; it must name the CSV file"):
+        run_cli("predict", "--config", "configs/vit_mnist.yaml", *TINY_VIT, *CSV_LOGGER, "--data.predict_size=4",
+                f"--trainer.callbacks.output_file={tmp_path}/preds", f"--ckpt_path={vit_checkpoint}")
+
+
+@pytest.mark.parametrize("change, named", [("--data.seed=1", "data.seed=42 -> 1"),
+                                           ("--data.val_size=1000", "data.val_size=5000 -> 1000")])
+def test_resuming_with_another_data_split_is_refused(run_cli, vit_checkpoint, change, named):
+    with pytest.raises(CheckpointError, match=rf"with another train/val split \({named}\)"):
+        run_cli("fit", "--config", "configs/vit_mnist.yaml", *TINY_VIT, *CSV_LOGGER, change,
+                f"--ckpt_path={vit_checkpoint}")
+
+
+def test_resuming_with_a_longer_cosine_schedule_warns_naming_the_change(run_cli, vit_checkpoint):
+    """The checkpoint's cosine schedule spans 4 steps and ended at lr 0; 6 steps re-stretch it: the LR jumps."""
+    with pytest.warns(UserWarning, match=r"resuming with another run length \(trainer.max_steps 4 -> 6\): the "
+                                         r"learning-rate schedule now spans 6 steps instead of the checkpoint's 4, so "
+                                         r"at step 4 the learning rate jumps from 0 to 0.0005"):
+        run_cli("fit", "--config", "configs/vit_mnist.yaml", *TINY_VIT, *CSV_LOGGER, "--trainer.max_steps=6",
+                "--trainer.limit_val_batches=1", "--trainer.enable_model_summary=false", f"--ckpt_path={vit_checkpoint}")

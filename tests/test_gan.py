@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.plugins import MixedPrecision
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
+from conftest import opt_in
 
 from lightning_modules.gan import GANModule
 from networks.gan import DCGANDiscriminator, DCGANGenerator, Discriminator, Generator
@@ -266,7 +267,7 @@ def test_two_process_ddp_run_ends_with_identical_weights_and_metrics(tmp_path, d
 @pytest.mark.parametrize("name", ["gan_mnist", "dcgan_cifar10"])  # every config's fast_dev_run: tests/test_cli.py
 def test_config_fit_logs_fixed_noise_sample_grids(run_cli, name, data_dir):
     cli = run_cli("fit", "--config", f"configs/{name}.yaml", "--trainer.fast_dev_run=true", "--data.batch_size=8",
-                  "--data.num_workers=0")
+                  "--data.num_workers=0", *opt_in(name))
     assert cli.trainer.state.finished
     sampler = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "ImageSampler")
     expected = {"generator", "generator_ema"} if cli.model.generator_ema is not None else {"generator"}
@@ -280,7 +281,7 @@ def test_config_fit_logs_fixed_noise_sample_grids(run_cli, name, data_dir):
 @pytest.mark.parametrize("name, mode", [("dcgan_mnist", "L"), ("dcgan_cifar10", "RGB")])
 def test_predict_writes_requested_pngs(run_cli, tmp_path, name, mode, data_dir):
     run_cli("predict", "--config", f"configs/{name}.yaml", "--data.predict_size=10", "--data.batch_size=4",
-            "--data.num_workers=0")
+            "--data.num_workers=0", *opt_in(name))
     out = tmp_path / "outputs" / name
     files = sorted(p.name for p in out.glob("0*.png"))
     assert files == [f"{i:06d}.png" for i in range(10)]

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 from torch.utils.data import DataLoader, TensorDataset
+from conftest import opt_in
 
 from datamodules import MNISTDataModule
 from lightning_modules.vae import (
@@ -245,7 +246,7 @@ def test_bad_configurations_say_which_key_to_change(kwargs, key):
 # ---------------------------------------------------------------------------------------------------- CLI
 @pytest.mark.parametrize("name", PANEL_CONFIGS)
 def test_config_fast_dev_run_logs_panels_and_linked_sizes(run_cli, name):
-    cli = run_cli("fit", "--config", f"configs/{name}.yaml", "--trainer.fast_dev_run=true")
+    cli = run_cli("fit", "--config", f"configs/{name}.yaml", "--trainer.fast_dev_run=true", *opt_in(name))
     sampler = next(c for c in cli.trainer.callbacks if type(c).__name__ == "ImageSampler")
     assert {"reconstructions", "prior_samples", "interpolations", "traversals"} <= sampler.logged.keys()
     assert torch.isfinite(cli.trainer.callback_metrics["val/nelbo"])
