@@ -56,6 +56,12 @@ def module14(*args: str, cwd: Path, timeout: float = 300, env: dict | None = Non
                           env={**clean, **(env or {})})
 
 
+def predict_folder(parent: Path) -> Path:
+    """The folder the one ``predict`` run wrote its images into under ``parent`` (``ImageWriter`` makes one per run)."""
+    (folder,) = [p for p in Path(parent).iterdir() if p.is_dir()]
+    return folder
+
+
 def experiment_configs() -> list[Path]:
     """Every experiment config (not the trainer presets)."""
     return sorted(CONFIGS.glob("*.yaml"))
