@@ -10,6 +10,7 @@ are never typed twice. W&B runs offline unless ``WANDB_MODE=online`` (or the log
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import os
 import re
@@ -22,6 +23,7 @@ import lightning as L
 import numpy as np
 import torch
 import yaml
+from jsonargparse import Namespace
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback, _InstantiatorFn
 from lightning.pytorch.plugins import TorchCheckpointIO
 from lightning.pytorch.plugins.precision import MixedPrecision
@@ -37,8 +39,10 @@ from lightning_modules.callbacks import (
 )
 from lightning_modules.checkpointing import SafeCheckpointIO, SaveOnSignal
 from lightning_modules.precision import check_precision, probe_cpu_precision, resolve_precision
+from lightning_modules.quiet import filter_known_noise
 from lightning_modules.registry import project_class, project_class_names
-from datamodules import DatasetIntegrityError, ImageDataModule
+from lightning_modules.runs import WANDB_RUN_KEY, WandbRunRecord, join_wandb_run, run_checkpoint, run_summary
+from datamodules import DatasetIntegrityError, ImageDataModule, default_data_dir
 
 
 class RunConfigSaver(SaveConfigCallback):
@@ -106,7 +110,8 @@ def _first_line(err: BaseException) -> str:
 
 
 def read_checkpoint(path: str) -> dict:
-    """A Lightning checkpoint, loaded without running pickled code (``weights_only``), whose weights are all finite.
+    """A checkpoint (weights, model hyperparameters, run record), loaded without running pickled code
+    (``weights_only``), whose weights are all finite.
 
     Anything but a readable Lightning checkpoint (an empty or truncated file, a bare tensor, a list, a dict without a
     ``state_dict``, NaN/inf weights) is one ``CheckpointError`` saying what the file holds.
@@ -151,28 +156,113 @@ def refuse_remote(ckpt_path: str) -> None:
         )
 
 
+# The sizes a datamodule gives the model: data.<source> -> model.init_args.<target>, linked at instantiation.
+DATA_LINKS = {"dims": "image_shape", "num_classes": "num_classes", "normalization": "normalization"}
+
+
+def _model_section_keys(section: Any) -> set[str]:
+    """The model init args a ``model:`` config section sets (``init_args`` and keys given directly)."""
+    if not isinstance(section, dict):
+        return set()
+    direct = set(section) - {"class_path", "init_args", "dict_kwargs"}
+    return direct | set(section.get("init_args") or {})
+
+
+def typed_model_args(argv: list[str]) -> set[str]:
+    """Model init args the user typed: ``--model.init_args.X`` / ``--model.X`` flags, a ``--model`` YAML or file with
+    init args, and the ``model:`` section of every ``--config`` after the first.
+
+    The first ``--config`` is the experiment's defaults; with ``--ckpt_path`` the checkpoint's values replace them,
+    and what was typed wins over both (see ``Module14CLI._checkpoint_defaults``).
+    """
+    typed: set[str] = set()
+    configs = 0
+    tokens = iter(argv)
+    for token in tokens:
+        name, has_value, value = token.partition("=")
+        if name.startswith("--model."):
+            typed.add(name.removeprefix("--model.").removeprefix("init_args.").split(".")[0])
+        elif name in ("--config", "-c", "--model"):
+            value = value if has_value else next(tokens, "")
+            configs += name != "--model"
+            if name != "--model" and configs == 1:
+                continue
+            try:
+                loaded = yaml.safe_load(Path(value).read_text() if Path(value).is_file() else value)
+            except (OSError, yaml.YAMLError):
+                continue
+            section = loaded.get("model") if name != "--model" and isinstance(loaded, dict) else loaded
+            typed |= _model_section_keys(section)
+    typed.discard("help")
+    return typed
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with tuples as lists and namespaces as dicts, to compare a typed value with a checkpoint's."""
+    if isinstance(value, Namespace):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _import_class(class_path: str) -> type:
+    """The class a config names (already imported by jsonargparse while parsing it; never a checkpoint's)."""
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+class Module14Parser(LightningArgumentParser):
+    """The CLI's parser: a ``data.data_dir`` left null is the data root actually used (``$MODULE14_DATA_DIR`` or
+    ``./data``, resolved), so ``--print_config`` and the saved ``config.yaml`` record where the data came from."""
+
+    def _parse_common(self, cfg: Namespace, *args, **kwargs) -> Namespace:
+        # jsonargparse's last step before --print_config prints; the datamodule's own default stays None.
+        for config in [cfg, *(cfg.get(name) for name in ("fit", "validate", "test", "predict"))]:
+            data = config.get("data") if isinstance(config, Namespace) else None
+            if isinstance(data, Namespace) and isinstance(data.get("init_args"), Namespace):
+                if data.init_args.get("data_dir") is None:
+                    data.init_args.data_dir = str(Path(default_data_dir()).expanduser().resolve())
+        return super()._parse_common(cfg, *args, **kwargs)
+
+
 class Module14CLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # A link whose target the chosen model lacks is skipped, so every family shares these.
-        parser.link_arguments("data.dims", "model.init_args.image_shape", apply_on="instantiate")
-        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
-        parser.link_arguments("data.normalization", "model.init_args.normalization", apply_on="instantiate")
+        for source, target in DATA_LINKS.items():
+            parser.link_arguments(f"data.{source}", f"model.init_args.{target}", apply_on="instantiate")
         # Always on: per-rank random streams and exact resumption; no training on NaNs.
         parser.add_lightning_class_args(RNGStateCheckpoint, "rng_state")
         parser.add_lightning_class_args(StopOnNonFiniteLoss, "stop_on_non_finite_loss")
         parser.add_lightning_class_args(WarnOnScheduleChange, "warn_on_schedule_change")
         # Always on: SIGTERM / SIGINT during fit save a resumable checkpoint and exit with 128 + the signal.
         parser.add_lightning_class_args(SaveOnSignal, "save_on_signal")
+        # Always on: the W&B run id in every checkpoint, so resuming continues that run (lightning_modules/runs.py).
+        parser.add_lightning_class_args(WandbRunRecord, "wandb_run_record")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        """Parses, and records which model init args the user typed (and their values) for ``--ckpt_path``."""
+        super().parse_arguments(parser, args)
+        argv = sys.argv[1:] if args is None else args
+        self._typed_model_args = typed_model_args(argv) if isinstance(argv, list) else set()
+        subcommand = self.config.get("subcommand")
+        init_args = (self.config[subcommand] if subcommand else self.config).model.get("init_args") or Namespace()
+        self._typed_values = {key: init_args.get(key) for key in self._typed_model_args}
 
     def _parse_ckpt_path(self) -> None:
-        """Refuse remote, unreadable and other-model checkpoints with a clear message, then merge its hyperparameters.
+        """Refuse remote, unreadable and other-model checkpoints with a clear message, then take its hyperparameters as
+        the defaults of what the user did not type.
 
         Replaces Lightning's version, which shows a zip-reader traceback for a bad file, silently switches the model
-        to the checkpoint's class, and imports whatever module path the file records as ``_class_path``. Here the
-        recorded class must be the config's or one of module14's own (looked up by name, never imported).
+        to the checkpoint's class, imports whatever module path the file records as ``_class_path``, and lays every
+        hyperparameter over what the user typed. Here the recorded class must be the config's or one of module14's
+        own (looked up by name, never imported); ``best`` / ``last`` are found in the newest run of the experiment.
         """
         self._checkpoint_hparams: dict = {}
         self._checkpoint_data_hparams: dict = {}
+        self._wandb_run: dict | None = None
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if not ckpt_path:
@@ -181,23 +271,60 @@ class Module14CLI(LightningCLI):
                       "<run folder>/last.ckpt to predict with a trained model)", file=sys.stderr)
             return
         refuse_remote(str(ckpt_path))
+        if ckpt_path in ("best", "last"):
+            ckpt_path = self.config[subcommand].ckpt_path = self._run_checkpoint(ckpt_path)
         if not Path(ckpt_path).is_file():
-            return  # "best", "last", "hpc" or a missing file: Lightning's own handling and message
+            return  # "hpc" or a missing file: Lightning's own handling and message
         checkpoint = read_checkpoint(ckpt_path)
         self._checkpoint_hparams = checkpoint.get("hyper_parameters", {})
         self._checkpoint_data_hparams = checkpoint.get("datamodule_hyper_parameters", {})
+        self._wandb_run = checkpoint.get(WANDB_RUN_KEY)
         del checkpoint  # the weights: Lightning loads them again when it restores
         hparams = {k: v for k, v in self._checkpoint_hparams.items() if k not in ("_class_path", "_instantiator")}
+        wanted = self.config[subcommand].model.class_path
         saved = self._checkpoint_hparams.get("_class_path")
         if saved:
-            wanted = self._checked_model_class(ckpt_path, saved, self.config[subcommand].model.class_path)
-            hparams = {"class_path": wanted, "dict_kwargs": hparams}
+            wanted = self._checked_model_class(ckpt_path, saved, wanted)
+        hparams = self._checkpoint_defaults(ckpt_path, hparams, _import_class(wanted))
         if hparams:
             try:
-                self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+                model = {"class_path": wanted, "dict_kwargs": hparams} if saved else hparams
+                self.config = self.parser.parse_object({subcommand: {"model": model}}, self.config)
             except SystemExit:
                 sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
                 raise
+
+    def _run_checkpoint(self, which: str) -> str:
+        """``--ckpt_path best|last``: the checkpoint of the newest run of this experiment (``runs.run_checkpoint``),
+        searched under the first logger's ``save_dir`` (else the trainer's ``default_root_dir``)."""
+        config = self.config[self.config.subcommand]
+        loggers = config.trainer.get("logger")
+        first = (loggers[0] if isinstance(loggers, list) and loggers else loggers)
+        init_args = first.get("init_args") if isinstance(first, Namespace) else None
+        save_dir = (init_args.get("save_dir") if init_args else None) or config.trainer.get("default_root_dir") or "."
+        path = run_checkpoint(which, save_dir, config.model.class_path, init_args.get("name") if init_args else None)
+        if rank_zero_only.rank == 0:
+            print(f"module14: --ckpt_path {which} is {path}", file=sys.stderr)
+        return path
+
+    def _checkpoint_defaults(self, ckpt_path: str, hparams: dict, model_class: type) -> dict:
+        """The checkpoint hyperparameters to lay over the config: all but the inference settings the user typed.
+
+        A typed value of any other argument (the architecture, the objective, the training settings) that differs
+        from the checkpoint's is refused: the checkpoint was trained with its value, and silently replacing what the
+        user typed is worse than saying so.
+        """
+        inference = getattr(model_class, "inference_args", frozenset())
+        for key in sorted(self._typed_model_args & hparams.keys() - inference):
+            typed, saved = self._typed_values.get(key), hparams[key]
+            if _plain(typed) != _plain(saved):
+                choosable = ", ".join(sorted(inference)) or f"none for {model_class.__name__}"
+                raise CheckpointError(
+                    f"--model.init_args.{key}={typed!r} differs from checkpoint '{ckpt_path}', which was trained with "
+                    f"{key}={saved!r}. A checkpoint's architecture and training settings are fixed; only its inference "
+                    f"settings can be chosen ({choosable}). Drop the flag, or train a new run with it."
+                )
+        return {k: v for k, v in hparams.items() if not (k in inference and k in self._typed_model_args)}
 
     @staticmethod
     def _checked_model_class(ckpt_path: str, saved: str, wanted: str) -> str:
@@ -254,6 +381,14 @@ class Module14CLI(LightningCLI):
     def _check_checkpoint_shapes(self) -> None:
         """A checkpoint trained on other image shapes/classes than the datamodule provides is a ``CheckpointError``."""
         model_hparams = getattr(self.model, "hparams", {})
+        for source, target in DATA_LINKS.items():
+            typed, linked = self._typed_values.get(target), model_hparams.get(target)
+            if target in self._typed_model_args and linked is not None and _plain(typed) != _plain(linked):
+                raise ValueError(
+                    f"--model.init_args.{target}={typed!r} but the datamodule provides {target}={linked!r} (linked "
+                    f"from data.{source}). Sizes that depend on the data come from the datamodule: drop the flag and "
+                    f"choose the data instead (the dataset class, data.image_size, data.normalization)."
+                )
         for key in ("image_shape", "num_classes"):
             saved, now = self._checkpoint_hparams.get(key), model_hparams.get(key)
             if saved is not None and now is not None and tuple(np.atleast_1d(saved)) != tuple(np.atleast_1d(now)):
@@ -295,11 +430,17 @@ class Module14CLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """The trainer, with ``SafeCheckpointIO`` (atomic writes, weights-only loads) unless a CheckpointIO plugin was
-        given. Set on the strategy, so every rank of a DDP run uses it."""
+        given (set on the strategy, so every rank of a DDP run uses it), and its W&B run joined to the checkpoint's."""
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = SafeCheckpointIO()
+        join_wandb_run(trainer.loggers, self._wandb_run, self.subcommand or "fit")
         return trainer
+
+    def after_fit(self) -> None:
+        """Say where the run's files are: run folder, best and last checkpoints, W&B run folder (rank 0, stderr)."""
+        if self.trainer.is_global_zero:
+            print(run_summary(self.trainer), file=sys.stderr)
 
     def _run_subcommand(self, subcommand: str) -> None:
         """A checkpoint whose weights do not fit the model (a missing key, a wrong shape) is a ``CheckpointError``."""
@@ -346,12 +487,14 @@ def _record_sigint(signum: int, frame) -> None:
 def build_cli(args: ArgsType = None, run: bool = True) -> Module14CLI:
     """The CLI object, for scripts and tests: ``build_cli(["fit", "--config", ...])`` runs and returns it."""
     os.environ.setdefault("WANDB_MODE", "offline")  # no account or network needed; WANDB_MODE=online to sync
+    filter_known_noise()
     return Module14CLI(
         model_class=L.LightningModule,
         datamodule_class=ImageDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_callback=RunConfigSaver,
+        parser_class=Module14Parser,
         seed_everything_default=42,
         args=args,
         run=run,

@@ -13,6 +13,8 @@ from __future__ import annotations
 import csv
 import math
 import os
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -249,43 +251,67 @@ class ImageSampler(Callback):
             self.logged[name] = log_image(trainer, f"samples/{name}", image_grid(images))
 
 
+def _fresh_folder(parent: Path) -> Path:
+    """A new folder ``parent/<YYYYmmdd-HHMMSS>`` (``-2``, ``-3``, ... appended when that name exists), created here."""
+    parent = _writable_dir(parent)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for attempt in range(1, 1000):
+        folder = parent / (stamp if attempt == 1 else f"{stamp}-{attempt}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free folder name for predictions under '{parent}'")
+
+
 class ImageWriter(BasePredictionWriter):
     """Writes what ``predict_step`` returns, images (N, C, H, W) in [0, 1], as numbered PNGs plus a grid.
 
-    Every rank writes its own images (file names are dataset indices, so none is written twice); rank 0 writes
-    ``grid.png`` of the first ``grid_size`` images it produced.
+    Each ``predict`` writes into a fresh folder ``output_dir/<YYYYmmdd-HHMMSS>/`` (chosen by rank 0), so files of an
+    earlier predict never mix in, and rank 0 prints where it wrote. Every rank writes its own images (file names are
+    dataset indices, so none is written twice); rank 0 writes ``grid.png`` of the first ``grid_size`` images it produced.
     """
 
     def __init__(self, output_dir: str = "outputs/samples", grid_size: int = 64) -> None:
         super().__init__(write_interval="batch")
         self.output_dir = Path(output_dir)
         self.grid_size = grid_size
+        self.run_dir: Path | None = None  # this predict's folder
         self._grid: list[Tensor] = []
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "predict":
-            self.output_dir = _writable_dir(self.output_dir)
+            folder = str(_fresh_folder(self.output_dir)) if trainer.is_global_zero else None
+            self.run_dir = Path(trainer.strategy.broadcast(folder))
 
     def write_on_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Tensor, batch_indices: Any,
         batch: Any, batch_idx: int, dataloader_idx: int,
     ) -> None:
         for index, image in zip(batch_indices, prediction):
-            save_png(image, self.output_dir / f"{index:06d}.png")
+            save_png(image, self.run_dir / f"{index:06d}.png")
         if sum(len(g) for g in self._grid) < self.grid_size:
             self._grid.append(prediction.detach().cpu())
 
     def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero and self._grid:
-            save_png(image_grid(torch.cat(self._grid)[: self.grid_size]), self.output_dir / "grid.png")
+            save_png(image_grid(torch.cat(self._grid)[: self.grid_size]), self.run_dir / "grid.png")
         self._grid = []
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        trainer.strategy.barrier()  # every rank's images are on disk
+        if trainer.is_global_zero:
+            count = sum(1 for p in self.run_dir.glob("*.png") if p.name != "grid.png")
+            print(f"module14: predict wrote {count} images and grid.png to {self.run_dir.resolve()}", file=sys.stderr)
 
 
 class ClassificationWriter(BasePredictionWriter):
     """Writes ``predict`` results of a classifier to one CSV: index, label, predicted class, class probabilities.
 
     ``predict_step`` returns ``{"pred": (B,), "probs": (B, K), "label": (B,)}``. Rows from all ranks are gathered and
-    rank 0 writes them sorted by dataset index: one row per image.
+    rank 0 writes them sorted by dataset index: one row per image, replacing the whole file (nothing stale stays), and
+    prints where.
     """
 
     def __init__(self, output_file: str = "outputs/predictions.csv") -> None:
@@ -321,3 +347,4 @@ class ClassificationWriter(BasePredictionWriter):
             writer = csv.writer(f)
             writer.writerow(["index", "label", "prediction"] + [f"prob_{k}" for k in range(num_classes)])
             writer.writerows(rows)
+        print(f"module14: predict wrote {len(rows)} rows to {self.output_file.resolve()}", file=sys.stderr)

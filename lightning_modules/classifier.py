@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -28,6 +30,8 @@ class ViTClassifier(L.LightningModule):
         lr: peak AdamW learning rate; weight_decay: AdamW decay on weight matrices only.
         warmup_fraction: fraction of all training steps spent in linear warm-up before the cosine decay.
     """
+
+    inference_args: ClassVar[frozenset[str]] = frozenset()  # every argument shapes the trained model (see cli.py)
 
     def __init__(
         self,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import get_args
+from typing import ClassVar, get_args
 
 import lightning as L
 import torch
@@ -55,6 +55,13 @@ class DiffusionModule(L.LightningModule):
         fid_sampling_steps: DDIM steps (with ``ddim_eta``) used to generate the FID/KID images.
         fid_features, inception_weights, classifier_checkpoint, kid_subset_size: ``SampleQuality``'s arguments.
     """
+
+    # Chosen at inference time: with --ckpt_path a typed value wins over the checkpoint's (see cli.py).
+    inference_args: ClassVar[frozenset[str]] = frozenset({
+        "sampler", "sampling_steps", "ddim_eta", "ddpm_variance", "sample_seed", "trajectory_grid", "fid_every_n_epochs",
+        "fid_num_samples", "fid_sampling_steps", "fid_features", "inception_weights", "classifier_checkpoint",
+        "kid_subset_size",
+    })
 
     def __init__(
         self,

@@ -33,7 +33,7 @@ Design notes for Lightning's features:
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import lightning as L
 import torch
@@ -80,6 +80,12 @@ class GANModule(L.LightningModule):
             (``lightning_modules.metrics``): which feature extractor FID/KID use; the metric names say which
             (``val/fid_inception`` or ``val/fid_vit``, likewise ``kid_`` and ``kid_std_``).
     """
+
+    # Chosen at inference time: with --ckpt_path a typed value wins over the checkpoint's (see cli.py).
+    inference_args: ClassVar[frozenset[str]] = frozenset({
+        "noise_seed", "quality_num_samples", "quality_features", "inception_weights", "classifier_checkpoint",
+        "kid_subset_size",
+    })
 
     def __init__(
         self,

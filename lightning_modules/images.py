@@ -42,12 +42,26 @@ def save_png(image: Tensor, path: str | Path) -> None:
             save_image(image.float().cpu(), str(temporary), format="PNG")
 
 
+def run_images_folder(trainer: L.Trainer) -> Path:
+    """Where a run's image grids are saved as PNGs: ``images/`` beside its checkpoint folder (``<run>/images``), else
+    under the logger's ``log_dir`` or the trainer's ``default_root_dir``.
+
+    Makes no collective calls (not ``trainer.log_dir``, which broadcasts), so it may run on rank 0 alone.
+    """
+    dirpath = getattr(trainer.checkpoint_callback, "dirpath", None)
+    if dirpath:
+        return Path(dirpath).parent / "images"
+    log_dir = getattr(trainer.logger, "log_dir", None) if trainer.logger is not None else None
+    return Path(log_dir or trainer.default_root_dir) / "images"
+
+
 def log_image(trainer: L.Trainer, key: str, image: Tensor) -> list[str]:
-    """Log one (C, H, W) image in [0, 1] to every logger that takes images; PNG file if none does.
+    """Log one (C, H, W) image in [0, 1] to every logger that takes images, and save it as a named PNG in the run's
+    images folder (``epoch003_samples.png`` for key ``samples/samples`` at epoch 3), where a user can find it.
 
     Makes no collective calls, so it may run on rank 0 alone.
 
-    Returns where it went (logger names and/or the PNG path), for messages and tests.
+    Returns where it went (logger names and the PNG path), for messages and tests.
     """
     step = trainer.global_step
     sent: list[str] = []
@@ -59,11 +73,7 @@ def log_image(trainer: L.Trainer, key: str, image: Tensor) -> list[str]:
         elif isinstance(logger, TensorBoardLogger):
             logger.experiment.add_image(key, image.cpu(), global_step=step)
             sent.append("tensorboard")
-    if not sent:
-        # Not trainer.log_dir: it broadcasts, and this runs on rank 0 only (a DDP deadlock).
-        log_dir = getattr(trainer.logger, "log_dir", None) if trainer.logger is not None else None
-        folder = Path(log_dir or trainer.default_root_dir) / "images"
-        path = folder / f"{key.replace('/', '_')}_epoch{trainer.current_epoch:03d}_step{step:07d}.png"
-        save_png(image, path)
-        sent.append(str(path))
+    path = run_images_folder(trainer) / f"epoch{trainer.current_epoch:03d}_{key.rsplit('/', 1)[-1]}.png"
+    save_png(image, path)
+    sent.append(str(path))
     return sent

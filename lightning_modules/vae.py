@@ -30,7 +30,7 @@ tightens as k grows), bits/dim where the likelihood is normalised, and the numbe
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import lightning as L
 import torch
@@ -160,6 +160,11 @@ class VAEModule(L.LightningModule):
         traversal_dims: latent dimensions shown in the traversal panel (the most used ones; 0: no panel).
         sample_seed: seed of the noise ``predict`` draws (combined with the rank and batch index).
     """
+
+    # Chosen at inference time: with --ckpt_path a typed value wins over the checkpoint's (see cli.py).
+    inference_args: ClassVar[frozenset[str]] = frozenset({
+        "val_iwae_samples", "test_iwae_samples", "iwae_chunk", "active_unit_threshold", "traversal_dims", "sample_seed",
+    })
 
     def __init__(
         self,

@@ -73,6 +73,12 @@ def opt_in(config: str | Path) -> list[str]:
     return [SUBSET_OPT_IN] if any(name in Path(config).stem for name in ("cifar10", "celeba")) else []
 
 
+def predict_folder(parent: Path) -> Path:
+    """The folder the one ``predict`` run wrote its images into under ``parent`` (``ImageWriter`` makes one per run)."""
+    (folder,) = [p for p in Path(parent).iterdir() if p.is_dir()]
+    return folder
+
+
 def experiment_configs() -> list[Path]:
     """Every experiment config (not the trainer presets)."""
     return sorted(CONFIGS.glob("*.yaml"))

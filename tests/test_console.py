@@ -12,7 +12,7 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, TINY_VIT, module14
+from conftest import ROOT, TINY_VIT, module14, predict_folder
 
 # Each family's CPU config, shrunk so that every command runs in seconds in fp32.
 FAMILIES = {
@@ -52,7 +52,8 @@ def test_fit_test_predict_through_the_console_script(tmp_path, family):
         with open(outputs / "predictions.csv") as f:
             assert [int(row["index"]) for row in csv.DictReader(f)] == [0, 1, 2]
     else:
-        assert sorted(p.name for p in outputs.glob("*.png")) == ["000000.png", "000001.png", "000002.png", "grid.png"]
+        assert sorted(p.name for p in predict_folder(outputs).glob("*.png")) == ["000000.png", "000001.png", "000002.png",
+                                                                                 "grid.png"]
 
 
 def test_failures_exit_non_zero_with_a_message_and_no_traceback(tmp_path):

@@ -10,6 +10,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn as nn
+from conftest import predict_folder
 
 from datamodules import MNISTDataModule
 from lightning_modules.diffusion import DiffusionModule
@@ -330,7 +331,7 @@ def test_predict_writes_pngs(run_cli, tmp_path, sampler, steps):
     run_cli("predict", "--config", "configs/ddpm_mnist.yaml", *FAST, "--data.init_args.predict_size=6",
             "--model.init_args.num_timesteps=20", f"--model.init_args.sampler={sampler}",
             f"--model.init_args.sampling_steps={steps}")
-    out = tmp_path / "outputs" / "ddpm_mnist"
+    out = predict_folder(tmp_path / "outputs" / "ddpm_mnist")
     assert sorted(p.name for p in out.glob("*.png")) == [f"{i:06d}.png" for i in range(6)] + ["grid.png"]
 
 

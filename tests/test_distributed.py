@@ -96,5 +96,5 @@ def test_generative_ddp_ranks_agree_and_files_are_written_once(tmp_path, family)
 
     (checkpoint,) = tmp_path.glob("runs/lightning_logs/version_0/checkpoints/last.ckpt")
     cli(tmp_path, "predict", *run, "--data.predict_size=5", f"--ckpt_path={checkpoint}")
-    outputs = {p.name for p in (tmp_path / "outputs").glob("*/*.png")}
+    outputs = {p.name for p in (tmp_path / "outputs").glob("*/*/*.png")}  # outputs/<config>/<this predict>/
     assert outputs == {f"{i:06d}.png" for i in range(5)} | {"grid.png"}  # every sample exactly once, one grid

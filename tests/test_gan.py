@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch.plugins import MixedPrecision
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
-from conftest import opt_in
+from conftest import opt_in, predict_folder
 
 from lightning_modules.gan import GANModule
 from networks.gan import DCGANDiscriminator, DCGANGenerator, Discriminator, Generator
@@ -282,7 +282,7 @@ def test_config_fit_logs_fixed_noise_sample_grids(run_cli, name, data_dir):
 def test_predict_writes_requested_pngs(run_cli, tmp_path, name, mode, data_dir):
     run_cli("predict", "--config", f"configs/{name}.yaml", "--data.predict_size=10", "--data.batch_size=4",
             "--data.num_workers=0", *opt_in(name))
-    out = tmp_path / "outputs" / name
+    out = predict_folder(tmp_path / "outputs" / name)
     files = sorted(p.name for p in out.glob("0*.png"))
     assert files == [f"{i:06d}.png" for i in range(10)]
     assert (out / "grid.png").is_file()

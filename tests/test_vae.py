@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 from torch.utils.data import DataLoader, TensorDataset
-from conftest import opt_in
+from conftest import opt_in, predict_folder
 
 from datamodules import MNISTDataModule
 from lightning_modules.vae import (
@@ -258,7 +258,7 @@ def test_config_fast_dev_run_logs_panels_and_linked_sizes(run_cli, name):
 def test_predict_writes_the_requested_number_of_pngs(run_cli, tmp_path):
     run_cli("predict", "--config", "configs/vae_mnist.yaml", "--data.init_args.predict_size=10",
             "--trainer.logger=false")
-    written = sorted(Path(tmp_path / "outputs" / "vae_mnist").glob("*.png"))
+    written = sorted(predict_folder(tmp_path / "outputs" / "vae_mnist").glob("*.png"))
     assert [p.name for p in written] == [f"{i:06d}.png" for i in range(10)] + ["grid.png"]
 
 

@@ -1,0 +1,139 @@
+"""Runs you can find and continue: ``--ckpt_path best|last`` in a new process, one W&B run per experiment, and the
+summary ``fit`` prints at its end.
+
+- ``run_checkpoint``: ``last`` / ``best`` resolved from the newest run of an experiment on disk.
+- ``WandbRunRecord``: stores the W&B run id and group in every checkpoint (``checkpoint["wandb_run"]``).
+- ``join_wandb_run``: before the W&B run starts, continues the recorded run (``fit --ckpt_path``) or, for
+  ``validate`` / ``test`` / ``predict`` of a checkpoint, starts a run in the training run's group with its job type.
+- ``run_summary``: where a finished ``fit`` left its run folder, checkpoints and W&B run.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import Logger, WandbLogger
+
+WANDB_RUN_KEY = "wandb_run"
+
+
+class RunNotFoundError(FileNotFoundError):
+    """``--ckpt_path best|last`` found no run of this experiment to take the checkpoint from."""
+
+
+def _same_experiment(config_file: Path, model_class: str, logger_name: str | None) -> bool:
+    """Whether a run's saved ``config.yaml`` is of the same model class and logger name."""
+    try:
+        saved = yaml.safe_load(config_file.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return False
+    saved_model = (saved.get("model") or {}).get("class_path", "")
+    loggers = (saved.get("trainer") or {}).get("logger")
+    first = (loggers[0] if isinstance(loggers, list) and loggers else loggers) or {}
+    saved_name = (first.get("init_args") or {}).get("name") if isinstance(first, dict) else None
+    same_class = saved_model.rsplit(".", 1)[-1] == model_class.rsplit(".", 1)[-1]
+    return same_class and saved_name == logger_name
+
+
+def run_checkpoint(which: str, search_root: str | Path, model_class: str, logger_name: str | None) -> str:
+    """The checkpoint ``--ckpt_path last`` or ``best`` means in a new process: from the newest run of this experiment.
+
+    A run is a checkpoint folder under ``search_root`` (the logger's ``save_dir``) holding ``last.ckpt`` and the
+    ``config.yaml`` module14 saves beside it, with the same model class and logger name. The newest is the one whose
+    ``last.ckpt`` was written last; ``best`` is the best checkpoint that run's checkpoint callback recorded.
+    """
+    root = Path(search_root)
+    runs = [
+        last for last in root.glob("**/last.ckpt")
+        if _same_experiment(last.with_name("config.yaml"), model_class, logger_name)
+    ]
+    experiment = f"model {model_class.rsplit('.', 1)[-1]}, logger name {logger_name!r}"
+    if not runs:
+        raise RunNotFoundError(
+            f"--ckpt_path {which}: no run of this experiment ({experiment}) under '{root.resolve()}' has a last.ckpt "
+            f"beside its config.yaml. Train one with `module14 fit` and this config, or pass a checkpoint file."
+        )
+    last = max(runs, key=lambda p: p.stat().st_mtime)
+    if which == "last":
+        return str(last)
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    for state in (checkpoint.get("callbacks") or {}).values():
+        best = state.get("best_model_path") if isinstance(state, dict) else None
+        if best and (last.parent / Path(best).name).is_file():
+            return str(last.parent / Path(best).name)
+    raise RunNotFoundError(
+        f"--ckpt_path best: the newest run of this experiment ({last.parent}) recorded no best checkpoint (no "
+        f"monitored metric was logged yet). Use --ckpt_path last or a checkpoint file."
+    )
+
+
+class WandbRunRecord(Callback):
+    """Stores the W&B run id and group in every checkpoint, so a resumed ``fit`` continues that run and ``test`` /
+    ``predict`` of the checkpoint join its group. The CLI adds this callback to every run."""
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger) and logger.version:
+                checkpoint[WANDB_RUN_KEY] = {"id": logger.version, "group": logger._wandb_init.get("group")}
+                return
+
+
+def new_run_id() -> str:
+    """A fresh W&B-style run id: 8 characters of [a-z0-9]."""
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+
+
+def join_wandb_run(loggers: list[Logger], recorded: dict | None, job_type: str) -> None:
+    """Sets up the W&B loggers' runs before they start (``wandb.init`` runs lazily, on first use).
+
+    ``fit`` of a checkpoint continues the run it records (same id, so also the same checkpoint folder
+    ``<save_dir>/<project>/<id>/checkpoints``); a new ``fit`` gets a fresh id that is also its group. ``validate``,
+    ``test`` and ``predict`` of a checkpoint start a new run in the training run's group; every run records its
+    ``job_type`` (the subcommand).
+    """
+    for logger in loggers:
+        if not isinstance(logger, WandbLogger) or logger._experiment is not None:
+            continue
+        init = logger._wandb_init
+        if init.get("anonymous") is None:
+            init.pop("anonymous", None)  # Lightning passes None, which W&B warns "has no effect" about
+        if init.get("dir"):
+            Path(init["dir"]).mkdir(parents=True, exist_ok=True)  # else W&B warns "git root <dir> does not exist"
+        if job_type == "fit":
+            run_id = (recorded or {}).get("id") or init.get("id") or new_run_id()
+            init.update(id=run_id, resume="allow", group=(recorded or {}).get("group") or init.get("group") or run_id)
+            logger._id = run_id
+        elif recorded:
+            init["group"] = recorded.get("group") or recorded.get("id")
+        init["job_type"] = job_type
+
+
+def run_summary(trainer: L.Trainer) -> str:
+    """Where a finished ``fit`` left its files: run folder, best and last checkpoints, W&B run folder (one per line)."""
+    if trainer.fast_dev_run:
+        return "module14: fast_dev_run: no checkpoints or logs were written"
+    lines = []
+    checkpoint = trainer.checkpoint_callback
+    if isinstance(checkpoint, ModelCheckpoint) and checkpoint.dirpath:
+        lines.append(f"run folder:      {Path(checkpoint.dirpath).parent.resolve()}")
+        lines.append(f"best checkpoint: {_resolved(checkpoint.best_model_path)}")
+        lines.append(f"last checkpoint: {_resolved(checkpoint.last_model_path)}")
+    else:
+        lines.append("checkpoints:     none (no checkpoint callback)")
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None and getattr(logger.experiment, "dir", None):
+            folder = Path(logger.experiment.dir).parent.resolve()
+            offline = " (offline: upload with `wandb sync <folder>`)" if folder.name.startswith("offline-") else ""
+            lines.append(f"W&B run folder:  {folder}{offline}")
+    return "\n".join(f"module14: {line}" for line in lines)
+
+
+def _resolved(path: str) -> str:
+    return str(Path(path).resolve()) if path else "none written"
