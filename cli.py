@@ -128,6 +128,11 @@ def read_checkpoint_hparams(path: str) -> dict:
     return hparams
 
 
+# Checkpoint hyperparameters that are not merged into the run's config: Lightning's bookkeeping, and ``compile``, a
+# setting of how this run executes (a compiled run's checkpoint evaluates eagerly unless this run asks to compile).
+NOT_FROM_CHECKPOINT = ("_class_path", "_instantiator", "compile")
+
+
 def refuse_remote(ckpt_path: str) -> None:
     """A checkpoint given as a URL (``http://``, ``s3://``, any ``://``) is refused before anything loads it."""
     if "://" in ckpt_path:
@@ -166,7 +171,7 @@ class Module14CLI(LightningCLI):
         if not Path(ckpt_path).is_file():
             return  # "best", "last", "hpc" or a missing file: Lightning's own handling and message
         self._checkpoint_hparams = read_checkpoint_hparams(ckpt_path)
-        hparams = {k: v for k, v in self._checkpoint_hparams.items() if k not in ("_class_path", "_instantiator")}
+        hparams = {k: v for k, v in self._checkpoint_hparams.items() if k not in NOT_FROM_CHECKPOINT}
         saved = self._checkpoint_hparams.get("_class_path")
         if saved:
             wanted = self._checked_model_class(ckpt_path, saved, self.config[subcommand].model.class_path)

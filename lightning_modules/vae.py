@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 
+from lightning_modules.compiling import compile_networks
 from lightning_modules.images import to_unit_range
 from lightning_modules.optim import total_training_steps, warmup_cosine
 from lightning_modules.rng import seeded_generator
@@ -159,6 +160,7 @@ class VAEModule(L.LightningModule):
         active_unit_threshold: posterior-mean variance above which a latent unit counts as active.
         traversal_dims: latent dimensions shown in the traversal panel (the most used ones; 0: no panel).
         sample_seed: seed of the noise ``predict`` draws (combined with the rank and batch index).
+        compile: run the network through ``torch.compile`` (see ``lightning_modules/compiling.py``).
     """
 
     def __init__(
@@ -182,6 +184,7 @@ class VAEModule(L.LightningModule):
         active_unit_threshold: float = 0.01,
         traversal_dims: int = 10,
         sample_seed: int = 0,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self._check_config(normalization, architecture, num_hidden_layers, likelihood, gaussian_scale, binarize, beta)
@@ -231,6 +234,10 @@ class VAEModule(L.LightningModule):
             raise ValueError(f"beta={beta} must be positive (1: VAE, >1: beta-VAE); check model.init_args.beta.")
 
     # -------------------------------------------------------------------------------------------- the model
+    def configure_model(self) -> None:
+        if self.hparams.compile:
+            compile_networks(self.net)
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return self.net(x)  # decoder output (B, C, H, W), mu, logvar (B, L)
 
