@@ -139,7 +139,7 @@ class VAEModule(L.LightningModule):
 
     Logged (nats per image; ``train/*`` per step and epoch, ``val/*`` and ``test/*`` per epoch, synced across ranks):
     ``loss`` (the beta-weighted objective), ``recon`` (-log p(x|z)), ``kl``, ``nelbo`` (recon + kl: the negative
-    ELBO), ``active_units``; ``train/beta`` (after warm-up) and ``train/gaussian_scale`` (when learned); in
+    ELBO), ``active_units``; ``train/beta`` (with a KL warm-up) and ``train/gaussian_scale`` (when learned); in
     validation/test ``iwae_nll`` (when k > 0) and, where the likelihood is normalised, ``bpd`` and ``iwae_bpd``.
 
     Args:
@@ -313,7 +313,8 @@ class VAEModule(L.LightningModule):
         beta = self.beta_now()
         loss = (recon + beta * kl).mean()
         self._log_terms("train", recon, kl, mu, loss, on_step=True)
-        self.log("train/beta", beta, on_step=True, on_epoch=False)
+        if self.hparams.kl_warmup_steps:  # else beta is the constant hyperparameter: not worth a log call per step
+            self.log("train/beta", beta, on_step=True, on_epoch=False)
         if self.log_scale is not None:
             self.log("train/gaussian_scale", self.log_scale.exp(), on_step=True, on_epoch=False)
         return loss
