@@ -211,6 +211,9 @@ class Module14CLI(LightningCLI):
                 self._probe_precision = self.subcommand in ("fit", None) and config.trainer.get("devices") in ("auto", 1)
                 if not self._probe_precision:
                     self._precision_reason = "CPU with native bf16, but timing both precisions is for 1-process fit"
+                elif config.model.get("init_args", {}).get("compile"):  # each timed copy would compile itself
+                    self._probe_precision = False
+                    self._precision_reason = "CPU with native bf16, not timed with compile: true (two more compiles)"
             config.trainer.precision = precision or "32-true"
 
     def _choose_precision(self) -> None:

@@ -9,7 +9,7 @@ matmuls, convolutions and attention (2 FLOPs per multiply-add); the elementwise 
 optimizer) is not counted, which is what makes a small model's achieved fraction low. The peak is the best of a large
 ``torch.mm`` loop, measured again just before each row, so a row's fraction is taken against the machine as loaded at
 that moment; step times are the best of ``--steps`` after a warm-up step (``train_step_seconds``, eager fp32), the
-statistic the peak uses. Each family runs at its config size, at half and twice the batch, and at twice the image side.
+statistic the peak uses. Each family runs at its config size, at twice the batch, and at twice the image side.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def main() -> None:
     for family in args.families:
         config, batch, image = FAMILIES[family]
         base = None
-        for b, s in ((batch, image), (batch // 2, image), (batch * 2, image), (batch, image * 2)):
+        for b, s in ((batch, image), (batch * 2, image), (batch, image * 2)):
             row = measure(config, b, s, args.steps)
             base = base or row
             print(f"| {family} | {b} | {s} | {row['gflop']:.2f} | {row['ms']:.0f} | {row['gflops']:.1f} "
