@@ -187,6 +187,8 @@ def run_interleaved(args: argparse.Namespace, data: MNISTDataModule) -> dict[str
             spec_train_vae(spec, loader, optimizer)
             times[name].append(time.perf_counter() - start)
         times["ours"] += fit_ours(args, ours, data, 1)[1]
+        print("round", "  ".join(f"{name}={t[-1]:.1f}s" for name, t in times.items()),
+              f"load={os.getloadavg()[0]:.1f}", flush=True)  # a partial run still says something
     result = {f"s_per_epoch_spec_on_{name}": statistics.median(t) for name, t in times.items() if name != "ours"}
     result["s_per_epoch_ours"] = statistics.median(times["ours"])
     for name in loaders:
