@@ -146,6 +146,11 @@ def read_checkpoint(path: str) -> dict:
     return checkpoint
 
 
+# Checkpoint hyperparameters that are not merged into the run's config: Lightning's bookkeeping, and ``compile``, a
+# setting of how this run executes (a compiled run's checkpoint evaluates eagerly unless this run asks to compile).
+NOT_FROM_CHECKPOINT = ("_class_path", "_instantiator", "compile")
+
+
 def refuse_remote(ckpt_path: str) -> None:
     """A checkpoint given as a URL (``http://``, ``s3://``, any ``://``) is refused before anything loads it."""
     if "://" in ckpt_path:
@@ -280,7 +285,7 @@ class Module14CLI(LightningCLI):
         self._checkpoint_data_hparams = checkpoint.get("datamodule_hyper_parameters", {})
         self._wandb_run = checkpoint.get(WANDB_RUN_KEY)
         del checkpoint  # the weights: Lightning loads them again when it restores
-        hparams = {k: v for k, v in self._checkpoint_hparams.items() if k not in ("_class_path", "_instantiator")}
+        hparams = {k: v for k, v in self._checkpoint_hparams.items() if k not in NOT_FROM_CHECKPOINT}
         wanted = self.config[subcommand].model.class_path
         saved = self._checkpoint_hparams.get("_class_path")
         if saved:
@@ -355,6 +360,9 @@ class Module14CLI(LightningCLI):
                 self._probe_precision = self.subcommand in ("fit", None) and config.trainer.get("devices") in ("auto", 1)
                 if not self._probe_precision:
                     self._precision_reason = "CPU with native bf16, but timing both precisions is for 1-process fit"
+                elif config.model.get("init_args", {}).get("compile"):  # each timed copy would compile itself
+                    self._probe_precision = False
+                    self._precision_reason = "CPU with native bf16, not timed with compile: true (two more compiles)"
             config.trainer.precision = precision or "32-true"
 
     def _choose_precision(self) -> None:

@@ -10,14 +10,14 @@ of each round's best step time (after a warm-up step) is reported. The resolver 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.machine import machine_line, use_project_defaults  # noqa: E402
 
 FAMILIES = {  # CPU-sized configs, one per family
     "vit": "configs/vit_mnist.yaml",
@@ -28,27 +28,18 @@ FAMILIES = {  # CPU-sized configs, one per family
 PRECISIONS = ("32-true", "bf16-mixed")
 
 
-def cpu_flags() -> str:
-    flags = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
-    return " ".join(f for f in wanted if f" {f} " in f" {flags.replace(chr(10), ' ')} ") or "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=6, help="train steps per precision per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     args = parser.parse_args()
-    os.environ.setdefault("WANDB_MODE", "offline")
-    os.environ.setdefault("MODULE14_DATA_DIR", str(ROOT.parent / "shared" / "data"))
-    import torch
-
+    use_project_defaults()
     from cli import build_cli
     from lightning_modules.precision import PROBE_MARGIN, probe_cpu_precision, resolve_precision, time_train_steps
 
     hardware_choice, reason = resolve_precision("cpu")
-    print(f"CPU flags: {cpu_flags()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(machine_line())
     print(f"resolver: {hardware_choice or 'per model'} ({reason})\n")
     print("| family | config | fp32 ms/step | bf16-mixed ms/step | bf16 speed-up | faster | resolver |")
     print("|---|---|---|---|---|---|---|")

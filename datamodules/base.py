@@ -14,6 +14,7 @@ from typing import Literal
 
 import lightning as L
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision.transforms import v2
@@ -57,6 +58,29 @@ def md5sum(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+class InMemoryImages(Dataset):
+    """A split held as one uint8 tensor (N, C, H, W) with its labels, its deterministic transform applied per batch.
+
+    Serves the items of the torchvision dataset it was made from (the same transform on the same pixels), but a batch
+    costs one indexing and one transform call instead of a PIL image and a Python transform pipeline per item.
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor, transform: v2.Transform) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[Tensor, int]]:
+        """The DataLoader's batched fetch (``Subset`` passes it through): (image, label) items for the collate."""
+        index = torch.as_tensor(indices)
+        images = self.transform(self.images[index]).as_subclass(Tensor)
+        return list(zip(images, self.labels[index].tolist()))
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -155,6 +179,11 @@ class ImageDataModule(L.LightningDataModule):
     def make_dataset(self, train: bool, transform: v2.Transform) -> Dataset:
         """The torchvision dataset for the training (``train=True``) or test split."""
         raise NotImplementedError
+
+    def uint8_images(self, dataset: Dataset) -> tuple[Tensor, Tensor] | None:
+        """The whole split as (N, C, H, W) uint8 images and (N,) labels where the dataset holds it in memory (MNIST,
+        CIFAR-10); ``None`` (images read per item) otherwise."""
+        return None
 
     def geometry_transforms(self) -> list[v2.Transform]:
         """Crop/pad/resize from the native images to ``image_size``."""
@@ -286,18 +315,27 @@ class ImageDataModule(L.LightningDataModule):
             self.check_files()
             self.check_contents()
         if stage in (None, "fit", "validate") and self.train_set is None:
-            train_full = self.make_dataset(train=True, transform=self.train_transform())
-            val_full = self.make_dataset(train=True, transform=self.eval_transform())
+            train_full = self._split(train=True, transform=self.train_transform(), random=self.augment != "none")
+            val_full = self._split(train=True, transform=self.eval_transform(), random=False)
             self._warn_if_partial("train", len(train_full))
             n_val = self._num_val(len(train_full))
             order = torch.randperm(len(train_full), generator=torch.Generator().manual_seed(self.seed)).tolist()
             self.train_set = Subset(train_full, order[n_val:])
             self.val_set = Subset(val_full, order[:n_val])
         if stage in (None, "test", "predict") and self.test_set is None:
-            self.test_set = self.make_dataset(train=False, transform=self.eval_transform())
+            self.test_set = self._split(train=False, transform=self.eval_transform(), random=False)
             self._warn_if_partial("test", len(self.test_set))
             n_predict = len(self.test_set) if self.predict_size is None else min(self.predict_size, len(self.test_set))
             self.predict_set = Subset(self.test_set, range(n_predict))
+
+    def _split(self, train: bool, transform: v2.Transform, random: bool) -> Dataset:
+        """The split as ``InMemoryImages`` where that serves the same items: the dataset is in memory and the transform
+        is deterministic (no augmentation) and exact on tensors (no resize: PIL's and torch's interpolations differ).
+        Random augmentations keep the per-item PIL path, so their semantics are untouched."""
+        dataset = self.make_dataset(train=train, transform=transform)
+        resizes = any(isinstance(t, v2.Resize) for t in self.geometry_transforms())
+        arrays = None if random or resizes else self.uint8_images(dataset)
+        return dataset if arrays is None else InMemoryImages(*arrays, transform)
 
     def _warn_if_partial(self, split: str, n: int) -> None:
         full = self.full_sizes.get(split)

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.datasets import CIFAR10, VisionDataset
 from torchvision.transforms import v2
@@ -133,6 +135,10 @@ class CIFAR10DataModule(ImageDataModule):
 
     def make_dataset(self, train: bool, transform: v2.Transform) -> Dataset:
         return _CIFAR10(self.data_dir, train=train, transform=transform)
+
+    def uint8_images(self, dataset: CIFAR10) -> tuple[Tensor, Tensor]:
+        # torchvision keeps CIFAR-10 in memory as one (N, H, W, C) uint8 array
+        return torch.from_numpy(dataset.data).permute(0, 3, 1, 2), torch.tensor(dataset.targets)
 
     def basic_augmentations(self) -> list[v2.Transform]:
         return [v2.RandomCrop(self.image_size, padding=self.image_size // 8), v2.RandomHorizontalFlip()]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.datasets import MNIST
 from torchvision.transforms import v2
@@ -76,6 +77,9 @@ class MNISTDataModule(ImageDataModule):
 
     def make_dataset(self, train: bool, transform: v2.Transform) -> Dataset:
         return MNIST(self.data_dir, train=train, transform=transform, download=False)
+
+    def uint8_images(self, dataset: MNIST) -> tuple[Tensor, Tensor]:
+        return dataset.data.unsqueeze(1), dataset.targets  # torchvision keeps MNIST in memory as one tensor
 
     def geometry_transforms(self) -> list[v2.Transform]:
         extra = self.image_size - self.native_size

@@ -11,6 +11,7 @@ from torch import Tensor
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_modules.compiling import compile_networks
 from lightning_modules.optim import decay_groups, total_training_steps, warmup_cosine
 from networks.vit import VisionTransformer
 
@@ -29,6 +30,7 @@ class ViTClassifier(L.LightningModule):
         label_smoothing: cross-entropy label smoothing in [0, 1).
         lr: peak AdamW learning rate; weight_decay: AdamW decay on weight matrices only.
         warmup_fraction: fraction of all training steps spent in linear warm-up before the cosine decay.
+        compile: run the network through ``torch.compile`` (see ``lightning_modules/compiling.py``).
     """
 
     inference_args: ClassVar[frozenset[str]] = frozenset()  # every argument shapes the trained model (see cli.py)
@@ -48,6 +50,7 @@ class ViTClassifier(L.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 0.05,
         warmup_fraction: float = 0.05,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if num_classes is None or num_classes < 2:
@@ -73,6 +76,10 @@ class ViTClassifier(L.LightningModule):
         self.val_metrics = self.train_metrics.clone(prefix="val/")
         self.test_metrics = self.train_metrics.clone(prefix="test/")
         self.example_input_array = torch.zeros(2, *image_shape)
+
+    def configure_model(self) -> None:
+        if self.hparams.compile:
+            compile_networks(self.net)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)  # (B, num_classes) logits

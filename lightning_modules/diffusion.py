@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 
+from lightning_modules.compiling import compile_networks
 from lightning_modules.ema import EMA
 from lightning_modules.images import to_unit_range
 from lightning_modules.metrics import FeatureChoice, SampleQuality
@@ -54,6 +55,8 @@ class DiffusionModule(L.LightningModule):
         fid_num_samples: generated and real images per FID/KID evaluation.
         fid_sampling_steps: DDIM steps (with ``ddim_eta``) used to generate the FID/KID images.
         fid_features, inception_weights, classifier_checkpoint, kid_subset_size: ``SampleQuality``'s arguments.
+        compile: run the trained U-Net through ``torch.compile`` (see ``lightning_modules/compiling.py``); the EMA
+            copy, which samples, stays eager.
     """
 
     # Chosen at inference time: with --ckpt_path a typed value wins over the checkpoint's (see cli.py).
@@ -98,6 +101,7 @@ class DiffusionModule(L.LightningModule):
         inception_weights: str | None = None,
         classifier_checkpoint: str | None = None,
         kid_subset_size: int = 100,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if normalization != "minus_one_one":
@@ -154,6 +158,10 @@ class DiffusionModule(L.LightningModule):
     def _default_steps(self, sampler: str) -> int:
         T = self.hparams.num_timesteps
         return T if sampler == "ddpm" else min(DEFAULT_STEPS[sampler], T)
+
+    def configure_model(self) -> None:
+        if self.hparams.compile:
+            compile_networks(self.net)
 
     def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
         return self.net(x_t, t)

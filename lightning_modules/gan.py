@@ -43,6 +43,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
+from lightning_modules.compiling import compile_networks
 from lightning_modules.ema import EMA
 from lightning_modules.images import to_unit_range
 from lightning_modules.metrics import SampleQuality
@@ -79,6 +80,8 @@ class GANModule(L.LightningModule):
         quality_features, inception_weights, classifier_checkpoint, kid_subset_size: the ``SampleQuality`` settings
             (``lightning_modules.metrics``): which feature extractor FID/KID use; the metric names say which
             (``val/fid_inception`` or ``val/fid_vit``, likewise ``kid_`` and ``kid_std_``).
+        compile: run the generator and discriminator through ``torch.compile`` (see
+            ``lightning_modules/compiling.py``).
     """
 
     # Chosen at inference time: with --ckpt_path a typed value wins over the checkpoint's (see cli.py).
@@ -107,6 +110,7 @@ class GANModule(L.LightningModule):
         inception_weights: str | None = None,
         classifier_checkpoint: str | None = None,
         kid_subset_size: int = 100,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if normalization != "minus_one_one":
@@ -179,6 +183,10 @@ class GANModule(L.LightningModule):
         return panels
 
     # ------------------------------------------------------------------------------------------------ training
+    def configure_model(self) -> None:
+        if self.hparams.compile:
+            compile_networks(self.generator, self.discriminator)
+
     def setup(self, stage: str) -> None:
         strategy = self.trainer.strategy
         if isinstance(strategy, DDPStrategy) and not strategy._ddp_kwargs.get("find_unused_parameters", False):

@@ -61,14 +61,15 @@ class _StepTimer(L.Callback):
         self.seconds.append(time.perf_counter() - self.start)
 
 
-def time_train_steps(model: L.LightningModule, datamodule: L.LightningDataModule, precision: str,
-                     steps: int = 3) -> float:
-    """Seconds per training step of a copy of ``model`` on CPU (the best of ``steps`` after a warm-up step).
+def train_step_seconds(model: L.LightningModule, datamodule: L.LightningDataModule, precision: str,
+                       steps: int) -> list[float]:
+    """Seconds of each of ``steps`` training steps of a copy of ``model`` on CPU, the first (warm-up, or compiling
+    when the model has ``compile: true``) included.
 
     The copy leaves the model, its optimizer state and every random stream as they were.
     """
     timer = _StepTimer()
-    trainer = L.Trainer(accelerator="cpu", devices=1, precision=precision, limit_train_batches=steps + 1, max_epochs=1,
+    trainer = L.Trainer(accelerator="cpu", devices=1, precision=precision, limit_train_batches=steps, max_epochs=1,
                         limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[timer])
     states = _collect_rng_states()
@@ -77,7 +78,13 @@ def time_train_steps(model: L.LightningModule, datamodule: L.LightningDataModule
             trainer.fit(copy.deepcopy(model), datamodule)
     finally:
         _set_rng_states(states)
-    return min(timer.seconds[1:])
+    return timer.seconds
+
+
+def time_train_steps(model: L.LightningModule, datamodule: L.LightningDataModule, precision: str,
+                     steps: int = 3) -> float:
+    """Seconds per training step of a copy of ``model`` on CPU (the best of ``steps`` after a warm-up step)."""
+    return min(train_step_seconds(model, datamodule, precision, steps + 1)[1:])
 
 
 def probe_cpu_precision(model: L.LightningModule, datamodule: L.LightningDataModule) -> tuple[str, str]:

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 
+from lightning_modules.compiling import compile_networks
 from lightning_modules.images import to_unit_range
 from lightning_modules.optim import total_training_steps, warmup_cosine
 from lightning_modules.rng import seeded_generator
@@ -138,7 +139,7 @@ class VAEModule(L.LightningModule):
 
     Logged (nats per image; ``train/*`` per step and epoch, ``val/*`` and ``test/*`` per epoch, synced across ranks):
     ``loss`` (the beta-weighted objective), ``recon`` (-log p(x|z)), ``kl``, ``nelbo`` (recon + kl: the negative
-    ELBO), ``active_units``; ``train/beta`` (after warm-up) and ``train/gaussian_scale`` (when learned); in
+    ELBO), ``active_units``; ``train/beta`` (with a KL warm-up) and ``train/gaussian_scale`` (when learned); in
     validation/test ``iwae_nll`` (when k > 0) and, where the likelihood is normalised, ``bpd`` and ``iwae_bpd``.
 
     Args:
@@ -159,6 +160,7 @@ class VAEModule(L.LightningModule):
         active_unit_threshold: posterior-mean variance above which a latent unit counts as active.
         traversal_dims: latent dimensions shown in the traversal panel (the most used ones; 0: no panel).
         sample_seed: seed of the noise ``predict`` draws (combined with the rank and batch index).
+        compile: run the network through ``torch.compile`` (see ``lightning_modules/compiling.py``).
     """
 
     # Chosen at inference time: with --ckpt_path a typed value wins over the checkpoint's (see cli.py).
@@ -187,6 +189,7 @@ class VAEModule(L.LightningModule):
         active_unit_threshold: float = 0.01,
         traversal_dims: int = 10,
         sample_seed: int = 0,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self._check_config(normalization, architecture, num_hidden_layers, likelihood, gaussian_scale, binarize, beta)
@@ -236,6 +239,10 @@ class VAEModule(L.LightningModule):
             raise ValueError(f"beta={beta} must be positive (1: VAE, >1: beta-VAE); check model.init_args.beta.")
 
     # -------------------------------------------------------------------------------------------- the model
+    def configure_model(self) -> None:
+        if self.hparams.compile:
+            compile_networks(self.net)
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return self.net(x)  # decoder output (B, C, H, W), mu, logvar (B, L)
 
@@ -311,7 +318,8 @@ class VAEModule(L.LightningModule):
         beta = self.beta_now()
         loss = (recon + beta * kl).mean()
         self._log_terms("train", recon, kl, mu, loss, on_step=True)
-        self.log("train/beta", beta, on_step=True, on_epoch=False)
+        if self.hparams.kl_warmup_steps:  # else beta is the constant hyperparameter: not worth a log call per step
+            self.log("train/beta", beta, on_step=True, on_epoch=False)
         if self.log_scale is not None:
             self.log("train/gaussian_scale", self.log_scale.exp(), on_step=True, on_epoch=False)
         return loss

@@ -123,3 +123,39 @@ def test_val_size_larger_than_train_is_a_clear_error(data_dir):
     dm = CelebADataModule(data_dir=str(data_dir), verify_integrity=False, val_size=5000)
     with pytest.raises(ValueError, match="leaves no training images"):
         dm.setup("fit")
+
+
+@pytest.mark.parametrize("make", [
+    lambda d: MNISTDataModule(data_dir=d, normalization="zero_one"),
+    lambda d: MNISTDataModule(data_dir=d, image_size=32, normalization="minus_one_one"),
+    lambda d: MNISTDataModule(data_dir=d),
+    lambda d: CIFAR10DataModule(data_dir=d, verify_integrity=False),
+], ids=["mnist_zero_one", "mnist_32_minus_one_one", "mnist_mean_std", "cifar10_mean_std"])
+def test_in_memory_splits_serve_exactly_the_per_item_pil_images(data_dir, make):
+    """Without random augmentation MNIST and CIFAR-10 are served from one in-memory tensor, a batch at a time; the
+    items (pixels, dtype, labels) and batches are those of the torchvision dataset with its per-item PIL transform."""
+    from datamodules.base import InMemoryImages
+
+    dm = make(str(data_dir))
+    dm.setup("fit")  # the CIFAR-10 copy is partial: a warning says so
+    dm.setup("test")
+    for split, train in (("train", True), ("val", True), ("test", False)):
+        dataset = getattr(dm, f"{split}_set")
+        in_memory = dataset.dataset if split != "test" else dataset
+        assert isinstance(in_memory, InMemoryImages)
+        pil = dm.make_dataset(train=train, transform=dm.eval_transform())
+        indices = dataset.indices[:64] if split != "test" else list(range(64))
+        for (x, y), i in zip(dataset.__getitems__(list(range(64))), indices):
+            x_pil, y_pil = pil[i]
+            assert torch.equal(x, x_pil) and x.dtype == x_pil.dtype == torch.float32 and y == y_pil
+        x, y = first_batch(dm, split)
+        assert x.shape == (dm.batch_size, *dm.dims) and y.dtype == torch.int64
+
+
+def test_random_augmentation_keeps_the_per_item_pil_path(data_dir):
+    from datamodules.base import InMemoryImages
+
+    dm = MNISTDataModule(data_dir=str(data_dir), augment="basic", num_workers=0)
+    dm.setup("fit")
+    assert not isinstance(dm.train_set.dataset, InMemoryImages)  # RandomCrop per image, as before
+    assert isinstance(dm.val_set.dataset, InMemoryImages)
