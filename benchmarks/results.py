@@ -233,7 +233,7 @@ def protocol(row: Row, test_cli, seeds: int) -> str:
             parts.append(f"FID/KID: {min(hp['quality_num_samples'], len(data.test_set)):,} samples vs as many test "
                          f"images, features of the MNIST ViT (`{MNIST_CLASSIFIER.relative_to(ROOT)}`)")
     if row.family == "diffusion":
-        parts.append(f"EMA weights; grid sampler {hp['sampler']} (η = {hp['ddim_eta']})")
+        parts.append(f"evaluated with the EMA network; grid sampler {hp['sampler']} (η = {hp['ddim_eta']})")
     if row.family == "vae" and hp.get("test_iwae_samples"):
         parts.append(f"IWAE with k = {hp['test_iwae_samples']}")
     return "; ".join(parts)
