@@ -276,8 +276,9 @@ def _value(summary: dict, fmt: str) -> str:
     return text + (f" ± {fmt.format(summary['std'])}" if summary.get("std") is not None else "")
 
 
-def metrics_cell(record: dict) -> str:
-    shown = [f"{METRIC_NAMES[k][0]} {_value(v, METRIC_NAMES[k][1])}" for k, v in record["metrics"].items()]
+def metrics_cell(row: Row, record: dict) -> str:
+    shown = [f"{METRIC_NAMES[k][0]} {_value(record['metrics'][k], METRIC_NAMES[k][1])}" for k in row.metrics
+             if k in record["metrics"]]
     shown += [f"{METRIC_NAMES[k][0]} {METRIC_NAMES[k][1].format(v)}" for k, v in record.get("floor", {}).items()
               if k in METRIC_NAMES]
     if "samplers" in record:
@@ -285,9 +286,9 @@ def metrics_cell(record: dict) -> str:
     return "<br>".join(shown) + f"<br>*{record['protocol']}*"
 
 
-def budget_cell(record: dict) -> str:
+def budget_cell(row: Row, record: dict) -> str:
     runs = record["runs"]
-    variant = "" if record["gpu_run"] else "CPU-sized: "
+    variant = "CPU-sized: " if row.cpu_budget and not record["gpu_run"] else ""
     batches = "/".join(str(r["batches"]) for r in runs)
     wall = "/".join(f"{r['wall_s'] / 60:.1f}" for r in runs)
     load = "/".join(f"{r['load_avg_at_start']:.1f}" for r in runs)
@@ -308,7 +309,7 @@ def table_row(name: str, record: dict | None) -> str:
     if row.needs_gpu and not record["gpu_run"]:
         hw += "<br>**not yet run on a GPU**"
     grid = f"[{record['grid_caption']}]({record['grid']})"
-    return (f"| `{name}` | {hw} | {budget_cell(record)} | {metrics_cell(record)} | {grid} | "
+    return (f"| `{name}` | {hw} | {budget_cell(row, record)} | {metrics_cell(row, record)} | {grid} | "
             f"`{record['command']}`<br>({record['date']}, commit {record['commit']}) |")
 
 

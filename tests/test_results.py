@@ -24,7 +24,7 @@ def results():
 def run_record(seed: int, nelbo: float) -> dict:
     return {"seed": seed, "wall_s": 600.0, "batches": 4300, "batch_size": 128, "epochs": 10.0,
             "precision": "32-true", "load_avg_at_start": 3.5, "checkpoint": f"runs/results/vae_mnist/seed{seed}/final.ckpt",
-            "metrics": {"test/nelbo": nelbo}}
+            "metrics": {"test/iwae_nll": 95.0, "test/nelbo": nelbo}}
 
 
 def vae_record(results) -> dict:
@@ -44,7 +44,8 @@ def test_results_md_is_rendered_from_the_results_file(results, tmp_path):
     assert [line.split("`")[1] for line in table] == list(results.ROWS)  # one row per config, in order
     assert len(results.ROWS) == len(list((ROOT / "configs").glob("*.yaml")))
     vae = next(line for line in table if line.startswith("| `vae_mnist`"))
-    assert "-ELBO (nats) 100.00 ± 1.41" in vae  # mean ± sample std of the two seeds, from the file
+    assert "-ELBO (nats) 100.00 ± 1.41<br>IWAE-100 NLL (nats) 95.00" in vae  # mean ± std of the seeds, row's order
+    assert "CPU-sized" not in vae  # vae_mnist runs its config's own budget on a CPU
     assert "4300/4300 batches of 128" in vae and "fit 10.0/10.0 min" in vae
     assert "[prior samples](docs/results/vae_mnist.png)" in vae
     assert "`python benchmarks/results.py --row vae_mnist --seeds 0 1`" in vae
