@@ -2,9 +2,11 @@
 
 Two feature extractors, and the metric names say which one was used:
 
-- ``inception``: the standard Inception-v3 pool features (2048-d, torch-fidelity's port of the TF FID network), read
-  from a local weights file (``pt_inception-2015-12-05-6726825d.pth``); nothing is downloaded. Figures are comparable
-  with published FIDs only with these features.
+- ``inception``: the standard Inception-v3 pool features (2048-d, torch-fidelity's port of the TF FID network). The
+  weights come from ``inception_weights`` when given, else from torch hub's cache
+  (``torch.hub.get_dir()/checkpoints/weights-inception-2015-12-05-6726825d.pth``), downloaded there once from
+  torch-fidelity's release, as torch-fidelity and torchmetrics do; offline, without that file, one error says where to
+  put it. Figures are comparable with published FIDs only with these features.
 - ``vit``: the class-token features of a ``ViTClassifier`` checkpoint the project trained on the same dataset
   (e.g. ``configs/vit_mnist.yaml``). Useful where Inception weights are unavailable; comparable only with itself.
 
@@ -13,10 +15,10 @@ Features are computed once per image and fed to both metrics; torchmetrics syncs
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Literal
-
-import importlib.util
+from urllib.error import URLError
 
 import torch
 import torch.nn as nn
@@ -32,20 +34,50 @@ from networks.vit import VisionTransformer
 FeatureChoice = Literal["auto", "inception", "classifier"]
 
 
+INCEPTION_URL = (
+    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
+)
+
+
+def inception_cache_path() -> Path:
+    """Where torch-fidelity (and torchmetrics through it) keep the FID Inception weights: torch hub's cache."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_URL.rsplit("/", 1)[-1]
+
+
+def inception_weights_file(weights_path: str | None) -> Path:
+    """The FID Inception weights: ``weights_path`` when given, else the cached copy, downloaded once if missing."""
+    if weights_path:
+        if not Path(weights_path).is_file():
+            raise FileNotFoundError(
+                f"Inception weights not found at '{weights_path}'. Leave inception_weights unset to use (and on first "
+                f"use download) torch hub's cached copy, or use features: classifier with a ViTClassifier checkpoint."
+            )
+        return Path(weights_path)
+    cached = inception_cache_path()
+    if not cached.is_file():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(INCEPTION_URL, str(cached), progress=False)
+        except (URLError, OSError) as err:
+            raise FileNotFoundError(
+                f"the FID Inception weights {cached.name} are not cached and could not be downloaded ({err}). On a "
+                f"machine with a network, download {INCEPTION_URL} and put it at {cached} (or pass inception_weights), "
+                f"or use features: classifier with a ViTClassifier checkpoint (fid_vit) on this machine."
+            ) from err
+    return cached
+
+
 class InceptionFeatures(nn.Module):
-    """Inception-v3 2048-d pool features of images in [0, 1] (grayscale is repeated to RGB)."""
+    """Inception-v3 2048-d pool features of images in [0, 1] (grayscale is repeated to RGB).
+
+    ``weights_path``: a local weights file; ``None`` uses torch hub's cached copy (see ``inception_weights_file``).
+    """
 
     name = "inception"
     num_features = 2048
 
-    def __init__(self, weights_path: str) -> None:
+    def __init__(self, weights_path: str | None = None) -> None:
         super().__init__()
-        if not Path(weights_path).is_file():
-            raise FileNotFoundError(
-                f"Inception weights not found at '{weights_path}'. Download pt_inception-2015-12-05-6726825d.pth "
-                f"(torch-fidelity's FID Inception) on a machine with a network and point inception_weights at it, "
-                f"or use features: classifier with a ViTClassifier checkpoint."
-            )
         if importlib.util.find_spec("torch_fidelity") is None:
             raise ModuleNotFoundError(
                 "Inception features need torch-fidelity, which the base install leaves out: "
@@ -53,7 +85,8 @@ class InceptionFeatures(nn.Module):
             )
         from torchmetrics.image.fid import NoTrainInceptionV3
         self.net = NoTrainInceptionV3(
-            name="inception-v3-compat", features_list=[str(self.num_features)], feature_extractor_weights_path=weights_path
+            name="inception-v3-compat", features_list=[str(self.num_features)],
+            feature_extractor_weights_path=str(inception_weights_file(weights_path)),
         )
 
     def forward(self, images: Tensor) -> Tensor:
@@ -144,9 +177,9 @@ class SampleQuality(nn.Module):
     """FID and KID between generated and real images, on Inception or the project's own classifier features.
 
     Args:
-        features: ``inception`` (needs ``inception_weights``), ``classifier`` (needs ``classifier_checkpoint``) or
-            ``auto`` (inception when its weights are given, else the classifier).
-        inception_weights: local path of the FID Inception weights.
+        features: ``inception``, ``classifier`` (needs ``classifier_checkpoint``) or ``auto`` (inception when
+            ``inception_weights`` is given, else the classifier: never a download).
+        inception_weights: local path of the FID Inception weights; unset, torch hub's cached copy (downloaded once).
         classifier_checkpoint: a ViTClassifier checkpoint trained on the same dataset.
         num_samples: how many generated images (and real ones) to compare, over all ranks; the model generates them.
         kid_subset_size: KID subset size (lowered to the sample count if fewer are available).
@@ -166,17 +199,16 @@ class SampleQuality(nn.Module):
         super().__init__()
         if features == "auto":
             features = "inception" if inception_weights else "classifier" if classifier_checkpoint else "auto"
-        if features == "inception" and inception_weights:
+        if features == "inception":
             self.extractor: nn.Module = InceptionFeatures(inception_weights)
         elif features == "classifier" and classifier_checkpoint:
             self.extractor = ClassifierFeatures(classifier_checkpoint)
         else:
             raise ValueError(
                 f"FID/KID with features={features!r} needs "
-                + ("inception_weights" if features == "inception" else "classifier_checkpoint" if features == "classifier"
-                   else "inception_weights or classifier_checkpoint")
-                + ": a local Inception weights file, or a ViTClassifier checkpoint trained on the same dataset "
-                "(e.g. from configs/vit_mnist.yaml). Or turn the metrics off."
+                + ("classifier_checkpoint" if features == "classifier" else "inception_weights or classifier_checkpoint")
+                + ": a ViTClassifier checkpoint trained on the same dataset (e.g. from configs/vit_mnist.yaml), or "
+                "features: inception (the standard FID network). Or turn the metrics off."
             )
         if num_samples < 2:
             raise ValueError(f"num_samples={num_samples}: FID/KID need at least 2 samples.")

@@ -1,0 +1,395 @@
+"""RESULTS.md: one row per config, every figure measured by this script from a run whose command is in the table.
+
+    python benchmarks/results.py --row vae_mnist               # train + test through the CLI, rewrite that row
+    python benchmarks/results.py --row vae_mnist --seeds 0     # fewer seeds than the row's default
+    python benchmarks/results.py --render                      # only re-render RESULTS.md from the results file
+
+``--row NAME`` trains the row's config with ``module14 fit`` (in-process, ``cli.build_cli``), tests the final weights
+with ``module14 test``, adds the row's own evaluation (a sample grid, FID's real-vs-real floor, the DDPM sampler
+table), and stores the measured figures in ``docs/results/results.json``; RESULTS.md is rendered from that file, so
+rows update independently. On a machine without a GPU a row runs its CPU-sized budget (``Row.cpu_budget``), and a row
+whose config needs a GPU says so. The MNIST generative rows compute FID on the features of the MNIST ViT that
+``--row vit_mnist`` trains (``runs/results/vit_mnist/seed42/final.ckpt``): run that row first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+RESULTS_DIR = ROOT / "docs/results"
+RESULTS_JSON = RESULTS_DIR / "results.json"
+RESULTS_MD = ROOT / "RESULTS.md"
+RUNS = ROOT / "runs/results"
+MNIST_CLASSIFIER = RUNS / "vit_mnist/seed42/final.ckpt"  # the vit_mnist row's weights: the MNIST FID's features
+FID_SAMPLES = 10_000  # MNIST: the whole test split
+SAMPLERS = ("ddpm1000", "ddim100_eta0", "ddim100_eta1", "ddim50_eta0", "ddim50_eta1", "ddim20_eta0", "ddim20_eta1",
+            "ddim10_eta0", "ddim10_eta1", "dpm_solver20", "dpm_solver10")
+CPU_SAMPLER_IMAGES = 128  # samples per sampler on a CPU: 10k DDPM-1000 samples take days on 2 cores
+
+
+def _mnist_fid(num_samples: int = FID_SAMPLES) -> tuple[str, ...]:
+    return ("--model.init_args.quality_features=classifier",
+            f"--model.init_args.classifier_checkpoint={MNIST_CLASSIFIER.relative_to(ROOT)}",
+            f"--model.init_args.quality_num_samples={num_samples}", "--model.init_args.kid_subset_size=1000")
+
+
+@dataclass(frozen=True)
+class Row:
+    """How one config's row is measured.
+
+    config: the name in configs/. family: classifier, vae, gan or diffusion (which evaluation runs).
+    metrics: the ``test/`` metrics reported. grid: the ``sample_images`` panel saved as the row's PNG.
+    overrides: CLI arguments always added (e.g. FID settings). cpu_budget: CLI arguments that size the run for a CPU.
+    needs_gpu: the config's own budget needs a GPU; the CPU run is a CPU-sized variant.
+    seeds: the default seeds (mean ± std over them when several).
+    """
+
+    config: str
+    family: str
+    metrics: tuple[str, ...]
+    grid: str = ""
+    overrides: tuple[str, ...] = ()
+    cpu_budget: tuple[str, ...] = ()
+    needs_gpu: bool = False
+    seeds: tuple[int, ...] = (42,)
+    needs_classifier: bool = False
+
+
+_VAE_MNIST = ("test/nelbo", "test/iwae_nll", "test/kl", "test/active_units")
+_VAE_BPD = ("test/bpd", "test/iwae_bpd")
+_GAN_FID = ("test/fid_vit", "test/kid_vit")
+_CIFAR_CPU = ("--trainer.max_time=00:00:30:00",)
+ROWS: dict[str, Row] = {
+    "vit_mnist": Row("vit_mnist", "classifier", ("test/acc",), cpu_budget=("--trainer.max_epochs=2",)),
+    "vit_cifar10": Row("vit_cifar10", "classifier", ("test/acc",), cpu_budget=_CIFAR_CPU, needs_gpu=True),
+    "vae_mnist": Row("vae_mnist", "vae", _VAE_MNIST, grid="prior_samples", seeds=(0, 1, 2)),
+    "betavae_mnist": Row("betavae_mnist", "vae", _VAE_MNIST, grid="traversals"),
+    "vae_cifar10": Row("vae_cifar10", "vae", _VAE_BPD, grid="prior_samples", cpu_budget=_CIFAR_CPU, needs_gpu=True),
+    "betavae_celeba": Row("betavae_celeba", "vae", _VAE_BPD, grid="traversals", cpu_budget=_CIFAR_CPU,
+                          needs_gpu=True),
+    "gan_mnist": Row("gan_mnist", "gan", _GAN_FID, grid="generator", overrides=_mnist_fid(),
+                     cpu_budget=("--trainer.max_epochs=2",), needs_classifier=True),
+    "dcgan_mnist": Row("dcgan_mnist", "gan", _GAN_FID, grid="generator_ema", overrides=_mnist_fid(),
+                       cpu_budget=("--trainer.max_epochs=1",), seeds=(0, 1, 2), needs_classifier=True),
+    "dcgan_cifar10": Row("dcgan_cifar10", "gan", (), grid="generator_ema", cpu_budget=_CIFAR_CPU, needs_gpu=True),
+    "dcgan_celeba": Row("dcgan_celeba", "gan", (), grid="generator_ema", cpu_budget=_CIFAR_CPU, needs_gpu=True),
+    "ddpm_mnist": Row("ddpm_mnist", "diffusion", ("test/loss",), grid="samples",
+                      cpu_budget=("--trainer.max_steps=600",), needs_classifier=True),
+    "ddpm_cifar10": Row("ddpm_cifar10", "diffusion", ("test/loss",), grid="samples", cpu_budget=_CIFAR_CPU,
+                        needs_gpu=True),
+    "ddpm_celeba": Row("ddpm_celeba", "diffusion", ("test/loss",), grid="samples", cpu_budget=_CIFAR_CPU,
+                       needs_gpu=True),
+}
+
+METRIC_NAMES = {
+    "test/acc": ("test accuracy", "{:.2%}"), "test/nelbo": ("-ELBO (nats)", "{:.2f}"),
+    "test/iwae_nll": ("IWAE-100 NLL (nats)", "{:.2f}"), "test/kl": ("KL (nats)", "{:.2f}"),
+    "test/active_units": ("active units", "{:.1f}"), "test/bpd": ("-ELBO (bits/dim)", "{:.3f}"),
+    "test/iwae_bpd": ("IWAE-100 (bits/dim)", "{:.3f}"), "test/fid_vit": ("FID (MNIST ViT features)", "{:.2f}"),
+    "test/kid_vit": ("KID (MNIST ViT features)", "{:.4f}"), "test/loss": ("test ε-MSE", "{:.4f}"),
+    "floor/fid_vit": ("real-vs-real FID floor", "{:.2f}"),
+}
+
+
+# ------------------------------------------------------------------------------------------------ measuring
+def hardware() -> str:
+    """The GPU's name, or the CPU model, core count and the flags that decide CPU speed (lscpu)."""
+    if torch.cuda.is_available():
+        return f"GPU: {torch.cuda.get_device_name(0)}"
+    lscpu = dict(line.split(":", 1) for line in subprocess.run(
+        ["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines() if ":" in line)
+    flags = set(lscpu.get("Flags", "").split())
+    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    model = lscpu.get("Model name", platform.processor()).strip()
+    return f"CPU: {model}, {os.cpu_count()} cores, flags {' '.join(shown) or 'none of avx2/avx512'}"
+
+
+def cli_args(row: Row, seed: int, out: Path) -> list[str]:
+    budget = () if torch.cuda.is_available() else row.cpu_budget
+    return ["--config", f"configs/{row.config}.yaml", f"--seed_everything={seed}", *row.overrides, *budget,
+            "--trainer.logger=CSVLogger", f"--trainer.logger.init_args.save_dir={out.relative_to(ROOT)}"]
+
+
+def run_seed(row: Row, seed: int) -> tuple[dict, object]:
+    """fit + test one seed through the CLI; returns the measured figures and the test CLI (model, datamodule)."""
+    from cli import build_cli
+
+    out = RUNS / row.config / f"seed{seed}"
+    args = cli_args(row, seed, out)
+    load = os.getloadavg()[0]
+    start = time.perf_counter()
+    fit = build_cli(args=["fit", *args])
+    wall = time.perf_counter() - start
+    ckpt = out / "final.ckpt"
+    fit.trainer.save_checkpoint(ckpt)
+    test = build_cli(args=["test", *args, f"--ckpt_path={ckpt.relative_to(ROOT)}"])
+    logged = test.trainer.callback_metrics
+    metrics = {k: float(logged[k]) for k in row.metrics if k in logged}
+    batches = fit.trainer.fit_loop.epoch_loop.batch_progress.total.completed
+    figures = {"seed": seed, "wall_s": round(wall, 1), "batches": batches, "batch_size": fit.datamodule.batch_size,
+               "epochs": round(batches / fit.trainer.num_training_batches, 2), "precision": str(fit.trainer.precision),
+               "load_avg_at_start": round(load, 2), "checkpoint": str(ckpt.relative_to(ROOT)), "metrics": metrics}
+    return figures, test
+
+
+def summarise(runs: list[dict]) -> dict[str, dict]:
+    """Per metric: every seed's value, their mean and (with several seeds) the standard deviation."""
+    summary = {}
+    for name in runs[0]["metrics"]:
+        values = [run["metrics"][name] for run in runs]
+        summary[name] = {"values": values, "mean": statistics.fmean(values),
+                         "std": statistics.stdev(values) if len(values) > 1 else None}
+    return summary
+
+
+def test_images(test_cli, n: int = 64) -> torch.Tensor:
+    batch = next(iter(test_cli.datamodule.test_dataloader()))
+    return batch[0][:n]
+
+
+def save_grid(name: str, images: torch.Tensor) -> str:
+    from lightning_modules.images import image_grid, save_png
+
+    path = RESULTS_DIR / f"{name}.png"
+    save_png(image_grid(images), path)
+    return str(path.relative_to(ROOT))
+
+
+@torch.no_grad()
+def classifier_grid(name: str, test_cli) -> tuple[str, str]:
+    """Up to 64 misclassified test images (what the classifier gets wrong is what is worth seeing)."""
+    model, data = test_cli.model.eval(), test_cli.datamodule
+    wrong = []
+    for x, y in data.test_dataloader():
+        wrong.append(x[model(x.to(model.device)).argmax(-1).cpu() != y])
+    images = torch.cat(wrong)[:64]
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (data.mean, data.std))
+    return save_grid(name, (images * std + mean).clamp(0, 1)), "misclassified test images"
+
+
+@torch.no_grad()
+def panel_grid(name: str, row: Row, test_cli) -> tuple[str, str]:
+    model = test_cli.model.eval()
+    generator = torch.Generator(device=model.device).manual_seed(0)
+    panels = model.sample_images(test_images(test_cli).to(model.device), generator)
+    return save_grid(name, panels[row.grid]), row.grid.replace("_", " ")
+
+
+def real_vs_real_floor(test_cli, num_samples: int) -> dict[str, float]:
+    """FID/KID between training images and the test images on the same features: the floor at this sample count."""
+    from lightning_modules.images import to_unit_range
+    from lightning_modules.metrics import SampleQuality
+
+    data = test_cli.datamodule
+    data.setup("fit")
+    quality = SampleQuality(features="classifier", classifier_checkpoint=str(MNIST_CLASSIFIER),
+                            num_samples=num_samples, kid_subset_size=1000)
+    seen = 0
+    for (real, _), (train, _) in zip(data.test_dataloader(), data.train_dataloader()):
+        take = min(len(real), len(train), num_samples - seen)
+        quality.update(to_unit_range(real[:take], (-1, 1)), real=True)
+        quality.update(to_unit_range(train[:take], (-1, 1)), real=False)
+        seen += take
+        if seen >= num_samples:
+            break
+    return {f"floor/{k}": float(v) for k, v in quality.compute().items() if not k.startswith("kid_std")}
+
+
+def sampler_table(checkpoint: str) -> dict:
+    """FID and wall time per sampler (benchmarks/ddpm_sampling_eval.py) from the row's checkpoint."""
+    from benchmarks.ddpm_sampling_eval import evaluate
+
+    num = FID_SAMPLES if torch.cuda.is_available() else CPU_SAMPLER_IMAGES
+    out = RUNS / "ddpm_mnist" / "samplers"
+    args = SimpleNamespace(out=str(out), num_fid=num, samplers=list(SAMPLERS), classifier=str(MNIST_CLASSIFIER))
+    return evaluate(ROOT / checkpoint, args)
+
+
+def protocol(row: Row, test_cli, seeds: int) -> str:
+    """What the metrics measure, read from the run: split and size, weights, features, sampler."""
+    data = test_cli.datamodule
+    hp = test_cli.model.hparams
+    parts = [f"{type(data).__name__.removesuffix('DataModule')} test split ({len(data.test_set):,} images)",
+             "final weights", f"{seeds} seed(s)"]
+    if row.family == "gan":
+        parts.append("generator: " + ("EMA" if hp.get("ema_decay") else "raw"))
+        if hp.get("quality_num_samples"):
+            parts.append(f"FID/KID: {min(hp['quality_num_samples'], len(data.test_set)):,} samples vs as many test "
+                         f"images, features of the MNIST ViT (`{MNIST_CLASSIFIER.relative_to(ROOT)}`)")
+    if row.family == "diffusion":
+        parts.append(f"evaluated with the EMA network; grid sampler {hp['sampler']} (η = {hp['ddim_eta']})")
+    if row.family == "vae" and hp.get("test_iwae_samples"):
+        parts.append(f"IWAE with k = {hp['test_iwae_samples']}")
+    return "; ".join(parts)
+
+
+def measure(name: str, seeds: list[int]) -> dict:
+    row = ROWS[name]
+    if row.needs_classifier and not MNIST_CLASSIFIER.is_file():
+        raise SystemExit(f"row {name} computes FID on the MNIST ViT's features: run `python benchmarks/results.py "
+                         f"--row vit_mnist` first (it writes {MNIST_CLASSIFIER.relative_to(ROOT)}).")
+    runs, test_cli = [], None
+    for seed in seeds:
+        figures, cli = run_seed(row, seed)
+        runs.append(figures)
+        test_cli = test_cli or cli  # the grid and the protocol come from the first seed
+    grid, grid_caption = (classifier_grid(name, test_cli) if row.family == "classifier"
+                          else panel_grid(name, row, test_cli))
+    record = {
+        "command": f"python benchmarks/results.py --row {name} --seeds {' '.join(map(str, seeds))}",
+        "cli": "module14 fit " + shlex.join(cli_args(row, seeds[0], RUNS / row.config / f"seed{seeds[0]}")),
+        "hardware": hardware(), "gpu_run": torch.cuda.is_available(), "torch_threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%d"), "commit": _commit(), "runs": runs, "metrics": summarise(runs),
+        "protocol": protocol(row, test_cli, len(seeds)), "grid": grid, "grid_caption": grid_caption,
+    }
+    if row.family == "gan" and row.needs_classifier:
+        record["floor"] = real_vs_real_floor(test_cli, int(test_cli.model.hparams.quality_num_samples))
+    if row.family == "diffusion" and row.needs_classifier:
+        record["samplers"] = sampler_table(runs[0]["checkpoint"])
+    return record
+
+
+def _commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                          check=False).stdout.strip()
+
+
+# ------------------------------------------------------------------------------------------------ rendering
+def _value(summary: dict, fmt: str) -> str:
+    text = fmt.format(summary["mean"])
+    return text + (f" ± {fmt.format(summary['std'])}" if summary.get("std") is not None else "")
+
+
+def metrics_cell(row: Row, record: dict) -> str:
+    shown = [f"{METRIC_NAMES[k][0]} {_value(record['metrics'][k], METRIC_NAMES[k][1])}" for k in row.metrics
+             if k in record["metrics"]]
+    shown += [f"{METRIC_NAMES[k][0]} {METRIC_NAMES[k][1].format(v)}" for k, v in record.get("floor", {}).items()
+              if k in METRIC_NAMES]
+    if "samplers" in record:
+        shown.append("sampler table below")
+    return "<br>".join(shown) + f"<br>*{record['protocol']}*"
+
+
+def budget_cell(row: Row, record: dict) -> str:
+    runs = record["runs"]
+    variant = "CPU-sized: " if row.cpu_budget and not record["gpu_run"] else ""
+    batches = "/".join(str(r["batches"]) for r in runs)
+    wall = "/".join(f"{r['wall_s'] / 60:.1f}" for r in runs)
+    load = "/".join(f"{r['load_avg_at_start']:.1f}" for r in runs)
+    return (f"{variant}{batches} batches of {runs[0]['batch_size']} ({runs[0]['epochs']} epochs), fit {wall} min, "
+            f"{runs[0]['precision']}"
+            f"<br>load average at start {load}")
+
+
+def table_row(name: str, record: dict | None) -> str:
+    row = ROWS[name]
+    command = f"`python benchmarks/results.py --row {name}`"
+    if record is None:
+        status = "not yet run on a GPU" if row.needs_gpu else "not yet run"
+        if row.needs_gpu:
+            status += " (CPU-sized variant: not yet run either)"
+        return f"| `{name}` | – | – | {status} | – | {command} |"
+    hw = f"{record['hardware']}, {record['torch_threads']} torch threads"
+    if row.needs_gpu and not record["gpu_run"]:
+        hw += "<br>**not yet run on a GPU**"
+    grid = f"[{record['grid_caption']}]({record['grid']})"
+    return (f"| `{name}` | {hw} | {budget_cell(row, record)} | {metrics_cell(row, record)} | {grid} | "
+            f"`{record['command']}`<br>({record['date']}, commit {record['commit']}) |")
+
+
+def sampler_section(record: dict) -> list[str]:
+    table = record["samplers"]
+    lines = [f"### `ddpm_mnist` samplers ({table['num_fid']} samples each, EMA weights, same initial noise)", "",
+             "| sampler | FID (MNIST ViT) | KID | s / 64 images | speed-up vs DDPM-1000 |", "|---|---|---|---|---|"]
+    for name in SAMPLERS:
+        if name not in table:
+            continue
+        speed = table.get(f"speedup_{name}_vs_ddpm1000", "–")
+        lines.append(f"| {name} | {table[name]['fid_vit']:.2f} | {table[name]['kid_vit']:.4f} | "
+                     f"{table[f'{name}_seconds_64']} | {speed} |")
+    floor = table["real_train_vs_test"]
+    lines += [f"| real train vs test (floor) | {floor['fid_vit']:.2f} | {floor['kid_vit']:.4f} | – | – |", ""]
+    return lines
+
+
+HEADER = """# Results
+
+Every figure below was measured by `benchmarks/results.py` and is rendered from `docs/results/results.json`;
+nothing is typed in by hand. `python benchmarks/results.py --row NAME` retrains and re-evaluates one row (its exact
+arguments to `module14 fit` are in the results file, under `cli`) and rewrites only that row. Budgets: a row run on a
+CPU uses the row's CPU-sized budget (`Row.cpu_budget` in the script), which is far below the config's own; the budget
+column states the batches, epochs and fit wall time spent, and the load average when each run started (the CPU is
+shared with other work, so wall times on it are not speed figures).
+FID/KID on MNIST use the class-token features of the MNIST ViT from the `vit_mnist` row (`fid_vit`): comparable only
+with other `fid_vit` figures, not with published (Inception) FIDs. Issue targets are not claimed unless the figure
+shows them.
+"""
+
+
+def render(results: dict[str, dict]) -> str:
+    lines = [HEADER, "| row | hardware | budget | metrics (protocol) | grid | command |", "|---|---|---|---|---|---|"]
+    lines += [table_row(name, results.get(name)) for name in ROWS]
+    lines.append("")
+    if "samplers" in results.get("ddpm_mnist", {}):
+        lines += sampler_section(results["ddpm_mnist"])
+        if not results["ddpm_mnist"]["gpu_run"]:
+            lines += [f"On this CPU the table uses {results['ddpm_mnist']['samplers']['num_fid']} samples per "
+                      "sampler, not the issue's 10,000: 10,000 DDPM-1000 samples (10 million U-Net evaluations) do "
+                      "not fit a shared 2-core CPU. FID from so few samples is biased upwards and noisy; compare "
+                      "samplers only with each other and with the floor at the same count.", ""]
+    grids = [(name, r) for name, r in results.items() if name in ROWS]
+    if grids:
+        lines += ["## Grids", ""]
+        lines += [f"**{name}** ({r['grid_caption']}): ![{name}]({r['grid']})\n" for name, r in grids]
+    return "\n".join(lines)
+
+
+def load_results(path: Path = RESULTS_JSON) -> dict[str, dict]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write(results: dict[str, dict], json_path: Path = RESULTS_JSON, md_path: Path = RESULTS_MD) -> None:
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    md_path.write_text(render(results))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--row", help=f"one of: {', '.join(ROWS)}")
+    action.add_argument("--render", action="store_true", help="only re-render RESULTS.md from the results file")
+    parser.add_argument("--seeds", type=int, nargs="+", help="default: the row's seeds")
+    args = parser.parse_args(argv)
+    if args.row and args.row not in ROWS:
+        parser.error(f"unknown row {args.row!r}; choose one of: {', '.join(ROWS)}")
+    os.environ.setdefault("WANDB_MODE", "offline")
+    record = None
+    if args.row:
+        os.chdir(ROOT)  # the CLI arguments are relative to the repository root
+        record = measure(args.row, args.seeds or list(ROWS[args.row].seeds))
+    results = load_results()  # read after measuring: rows measured at the same time keep each other's records
+    if record is not None:
+        results[args.row] = record
+    write(results)
+    print(f"wrote {RESULTS_MD.relative_to(ROOT)}" + (f" (row {args.row})" if args.row else ""))
+
+
+if __name__ == "__main__":
+    main()

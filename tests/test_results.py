@@ -1,0 +1,68 @@
+"""benchmarks/results.py: RESULTS.md is rendered from the results file, and --row refuses an unknown row (no training)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def results():
+    spec = importlib.util.spec_from_file_location("results", ROOT / "benchmarks/results.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["results"] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_record(seed: int, nelbo: float) -> dict:
+    return {"seed": seed, "wall_s": 600.0, "batches": 4300, "batch_size": 128, "epochs": 10.0,
+            "precision": "32-true", "load_avg_at_start": 3.5, "checkpoint": f"runs/results/vae_mnist/seed{seed}/final.ckpt",
+            "metrics": {"test/iwae_nll": 95.0, "test/nelbo": nelbo}}
+
+
+def vae_record(results) -> dict:
+    runs = [run_record(0, 99.0), run_record(1, 101.0)]
+    return {"command": "python benchmarks/results.py --row vae_mnist --seeds 0 1", "cli": "module14 fit ...",
+            "hardware": "CPU: test CPU, 2 cores, flags avx2", "gpu_run": False, "torch_threads": 2,
+            "date": "2026-01-01", "commit": "abc1234", "runs": runs, "metrics": results.summarise(runs),
+            "protocol": "MNIST test split (10,000 images)", "grid": "docs/results/vae_mnist.png",
+            "grid_caption": "prior samples"}
+
+
+def test_results_md_is_rendered_from_the_results_file(results, tmp_path):
+    json_path, md_path = tmp_path / "results.json", tmp_path / "RESULTS.md"
+    results.write({"vae_mnist": vae_record(results)}, json_path, md_path)
+    assert json.loads(json_path.read_text())["vae_mnist"]["metrics"]["test/nelbo"]["values"] == [99.0, 101.0]
+    table = [line for line in md_path.read_text().splitlines() if line.startswith("| `")]
+    assert [line.split("`")[1] for line in table] == list(results.ROWS)  # one row per config, in order
+    assert len(results.ROWS) == len(list((ROOT / "configs").glob("*.yaml")))
+    vae = next(line for line in table if line.startswith("| `vae_mnist`"))
+    assert "-ELBO (nats) 100.00 ± 1.41<br>IWAE-100 NLL (nats) 95.00" in vae  # mean ± std of the seeds, row's order
+    assert "CPU-sized" not in vae  # vae_mnist runs its config's own budget on a CPU
+    assert "4300/4300 batches of 128" in vae and "fit 10.0/10.0 min" in vae
+    assert "[prior samples](docs/results/vae_mnist.png)" in vae
+    assert "`python benchmarks/results.py --row vae_mnist --seeds 0 1`" in vae
+    ddpm_cifar = next(line for line in table if line.startswith("| `ddpm_cifar10`"))
+    assert "not yet run on a GPU" in ddpm_cifar
+    assert "not yet run on a GPU" not in next(line for line in table if line.startswith("| `dcgan_mnist`"))
+
+
+def test_a_row_run_on_a_cpu_says_its_gpu_config_is_not_yet_run_on_a_gpu(results, tmp_path):
+    record = {**vae_record(results), "command": "python benchmarks/results.py --row vae_cifar10 --seeds 0 1"}
+    results.write({"vae_cifar10": record}, tmp_path / "results.json", tmp_path / "RESULTS.md")
+    row = next(line for line in (tmp_path / "RESULTS.md").read_text().splitlines() if line.startswith("| `vae_cifar10`"))
+    assert "**not yet run on a GPU**" in row and "CPU-sized:" in row
+
+
+def test_unknown_row_is_refused_without_training(results, capsys):
+    with pytest.raises(SystemExit) as stop:
+        results.main(["--row", "vae_mnsit"])
+    assert stop.value.code == 2
+    assert "unknown row 'vae_mnsit'" in capsys.readouterr().err
