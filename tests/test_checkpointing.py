@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONFIGS, TINY_VIT, module14
+from conftest import CONFIGS, CSV_LOGGER, TINY_VIT, module14
 
 from lightning_modules.checkpointing import CheckpointWriteError, SafeCheckpointIO, atomic_file
 
-CSV_LOGGER = ["--trainer.logger=CSVLogger", "--trainer.logger.init_args.save_dir=runs"]
 FAST = ["--config", "configs/vit_mnist.yaml", *TINY_VIT, *CSV_LOGGER, "--trainer.precision=32-true",
         "--data.num_workers=0", "--data.batch_size=16", "--trainer.enable_model_summary=false"]
 MODULE14 = str(Path(sys.executable).with_name("module14"))

@@ -6,11 +6,9 @@ import csv
 import pytest
 import torch
 import yaml
-from conftest import SUBSET_OPT_IN, TINY_VIT, experiment_configs, module14, opt_in
+from conftest import CSV_LOGGER, SUBSET_OPT_IN, TINY_VIT, experiment_configs, module14, opt_in
 
 from datamodules import DatasetNotFoundError
-
-CSV_LOGGER = ["--trainer.logger=CSVLogger", "--trainer.logger.init_args.save_dir=runs"]
 
 
 # GPU-sized configs (the DDPM paper's 35.7M U-Net) keep their wiring but get a CPU-sized width and batch here.

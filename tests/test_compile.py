@@ -9,11 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_VIT
+from conftest import CSV_LOGGER, TINY_VIT
 
 from lightning_modules import DiffusionModule, GANModule, VAEModule, ViTClassifier, compiling
 
-CSV_LOGGER = ["--trainer.logger=CSVLogger", "--trainer.logger.init_args.save_dir=runs"]
 TINY_GAN = ["--config", "configs/dcgan_mnist.yaml", "--model.feature_maps=8", "--data.batch_size=8",
             "--data.num_workers=0", "--trainer.limit_val_batches=0", "--trainer.enable_model_summary=false",
             *CSV_LOGGER]

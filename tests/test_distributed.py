@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY_VIT
+from conftest import CSV_LOGGER, ROOT, TINY_VIT
 
 pytestmark = pytest.mark.slow
 
 DDP = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.precision=32-true"]
-CSV_LOGGER = ["--trainer.logger=CSVLogger", "--trainer.logger.init_args.save_dir=runs"]
 
 
 def cli(cwd: Path, *args: str) -> None:

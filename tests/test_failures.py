@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY_VIT, module14
+from conftest import CSV_LOGGER, ROOT, TINY_VIT, module14
 
 from cli import CheckpointError
 from lightning_modules.callbacks import NonFiniteLossError
 
-CSV_LOGGER = ["--trainer.logger=CSVLogger", "--trainer.logger.init_args.save_dir=runs"]
 VALIDATE = ["validate", "--config", "configs/vit_mnist.yaml", *TINY_VIT, *CSV_LOGGER, "--trainer.limit_val_batches=1"]
 
 

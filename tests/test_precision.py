@@ -7,11 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
-from conftest import SUBSET_OPT_IN, TINY_VIT
+from conftest import CSV_LOGGER, SUBSET_OPT_IN, TINY_VIT
 
 from lightning_modules import precision as resolver
 
-CSV_LOGGER = ["--trainer.logger=CSVLogger", "--trainer.logger.init_args.save_dir=runs"]
 FAMILIES = {
     "vit": ["--config", "configs/vit_mnist.yaml", *TINY_VIT],
     "gan": ["--config", "configs/dcgan_mnist.yaml", "--model.feature_maps=8"],

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_VIT
+from conftest import CSV_LOGGER, TINY_VIT
 
-CSV_LOGGER = ["--trainer.logger=CSVLogger", "--trainer.logger.init_args.save_dir=runs"]
 DETERMINISTIC = ["--trainer.accelerator=cpu", "--trainer.precision=32-true", "--trainer.deterministic=true",
                  "--data.num_workers=0", "--data.augment=none", "--trainer.limit_val_batches=0",
                  "--trainer.enable_model_summary=false"]
