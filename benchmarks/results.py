@@ -112,12 +112,12 @@ def hardware() -> str:
     """The GPU's name, or the CPU model, core count and the flags that decide CPU speed (lscpu)."""
     if torch.cuda.is_available():
         return f"GPU: {torch.cuda.get_device_name(0)}"
+    from benchmarks.machine import cpu_flags
+
     lscpu = dict(line.split(":", 1) for line in subprocess.run(
         ["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines() if ":" in line)
-    flags = set(lscpu.get("Flags", "").split())
-    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
     model = lscpu.get("Model name", platform.processor()).strip()
-    return f"CPU: {model}, {os.cpu_count()} cores, flags {' '.join(shown) or 'none of avx2/avx512'}"
+    return f"CPU: {model}, {os.cpu_count()} cores, flags {cpu_flags()}"
 
 
 def cli_args(row: Row, seed: int, out: Path) -> list[str]:
