@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import math
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.loggers import CSVLogger
 import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
@@ -150,6 +152,22 @@ class _Recorder(L.Callback):
         self.losses.append(float(outputs["loss"]))
 
 
+def test_training_terms_are_logged_on_the_loggers_steps_and_averaged_over_the_epoch(tmp_path):
+    """Step values only where the logger writes (every log_every_n_steps); the epoch mean covers every batch."""
+    model = VAEModule(image_shape=(1, 28, 28), normalization="zero_one", hidden_dim=16, latent_dim=4, traversal_dims=0)
+    loader = DataLoader(TensorDataset(_level_images(40, (1, 28, 28)), torch.zeros(40)), batch_size=8)  # 5 batches
+    recorder = _Recorder()
+    logger = CSVLogger(tmp_path)
+    trainer = _trainer(max_epochs=1, limit_val_batches=0, log_every_n_steps=2, logger=logger, callbacks=[recorder])
+    trainer.fit(model, train_dataloaders=loader)
+    rows = list(csv.DictReader(open(Path(logger.log_dir) / "metrics.csv")))
+    assert [int(row["step"]) for row in rows if row.get("train/loss_step")] == [1, 3]
+    (epoch_row,) = [row for row in rows if row.get("train/loss_epoch")]
+    assert float(epoch_row["train/loss_epoch"]) == pytest.approx(sum(recorder.losses) / 5, rel=1e-5)
+    assert float(epoch_row["train/nelbo_epoch"]) == pytest.approx(sum(recorder.losses) / 5, rel=1e-5)  # beta = 1
+    assert float(trainer.callback_metrics["train/active_units"]) >= 0
+
+
 @pytest.fixture
 def one_thread():
     """Small MLPs train faster on one thread, and far faster than on two when the cores are shared."""
@@ -185,7 +203,8 @@ def test_bf16_mixed_trains_validates_tests_and_round_trips_a_checkpoint(tmp_path
                           kl_warmup_steps=10)
     images = TensorDataset(_level_images(16, (3, 32, 32), -1, 1), torch.zeros(16))
     loader = DataLoader(images, batch_size=8)
-    trainer = _trainer(precision="bf16-mixed", max_steps=3, limit_val_batches=1, num_sanity_val_steps=0)
+    trainer = _trainer(precision="bf16-mixed", max_steps=3, limit_val_batches=1, num_sanity_val_steps=0,
+                       log_every_n_steps=1)
     trainer.fit(model, loader, loader)
     metrics = {k: v for k, v in trainer.callback_metrics.items()}
     for name in ("train/loss_step", "train/active_units", "val/nelbo", "val/iwae_nll", "val/bpd", "val/active_units"):
