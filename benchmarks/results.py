@@ -76,7 +76,7 @@ _VAE_BPD = ("test/bpd", "test/iwae_bpd")
 _GAN_FID = ("test/fid_vit", "test/kid_vit")
 _CIFAR_CPU = ("--trainer.max_time=00:00:30:00",)
 ROWS: dict[str, Row] = {
-    "vit_mnist": Row("vit_mnist", "classifier", ("test/acc",), cpu_budget=("--trainer.max_epochs=2",)),
+    "vit_mnist": Row("vit_mnist", "classifier", ("test/acc",)),
     "vit_cifar10": Row("vit_cifar10", "classifier", ("test/acc",), cpu_budget=_CIFAR_CPU, needs_gpu=True),
     "vae_mnist": Row("vae_mnist", "vae", _VAE_MNIST, grid="prior_samples", seeds=(0, 1, 2)),
     "betavae_mnist": Row("betavae_mnist", "vae", _VAE_MNIST, grid="traversals"),
