@@ -52,8 +52,7 @@ def real_images(n: int, train: bool) -> torch.Tensor:
 
 
 def quality(classifier: str, n: int, real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
-    metric = SampleQuality(features="classifier", classifier_checkpoint=classifier, num_samples=n,
-                           kid_subset_size=min(100, n // 2))
+    metric = SampleQuality(features="classifier", classifier_checkpoint=classifier, kid_subset_size=min(100, n // 2))
     for i in range(0, n, 256):
         metric.update(real[i:i + 256], real=True)
         metric.update(fake[i:i + 256], real=False)

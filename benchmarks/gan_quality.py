@@ -38,7 +38,7 @@ def real_images(datamodule: MNISTDataModule, split: str, n: int) -> torch.Tensor
 @torch.no_grad()
 def generated(model: GANModule, network: torch.nn.Module, n: int, batch: int = 250) -> torch.Tensor:
     rng = torch.Generator().manual_seed(1234)
-    return torch.cat([model.generate(model.noise(min(batch, n - i), rng), network) for i in range(0, n, batch)])
+    return torch.cat([model.from_noise(model.noise(min(batch, n - i), rng), network) for i in range(0, n, batch)])
 
 
 @torch.no_grad()
@@ -61,7 +61,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    model = GANModule.load_from_checkpoint(args.ckpt, map_location="cpu", quality_num_samples=0).eval()
+    model = GANModule.load_from_checkpoint(args.ckpt, map_location="cpu").eval()
     channels, size, _ = model.image_shape
     datamodule = MNISTDataModule(
         data_dir=os.environ.get("MODULE14_DATA_DIR"), image_size=size, normalization="minus_one_one",
@@ -70,8 +70,7 @@ def main() -> None:
     datamodule.setup("fit")
     datamodule.setup("test")
     n = args.num_samples
-    quality = SampleQuality(features="classifier", classifier_checkpoint=args.classifier, num_samples=n,
-                            kid_subset_size=min(1000, n))
+    quality = SampleQuality(features="classifier", classifier_checkpoint=args.classifier, kid_subset_size=min(1000, n))
     test = real_images(datamodule, "test", n)
 
     rows = {"real (val) vs real (test): floor": score(quality, test, real_images(datamodule, "val", n))}
@@ -80,7 +79,7 @@ def main() -> None:
         networks["generator EMA"] = model.generator_ema
     for name, network in networks.items():
         rows[f"trained {name}"] = score(quality, test, generated(model, network, n))
-    untrained = GANModule(**{**model.hparams, "quality_num_samples": 0}).eval()
+    untrained = GANModule(**model.hparams).eval()
     rows["untrained generator: ceiling"] = score(quality, test, generated(untrained, untrained.generator, n))
 
     print(f"\n{args.ckpt}: {model.hparams.arch}, {n} samples vs {n} MNIST test images, features: {quality.name}")

@@ -369,7 +369,7 @@ def time_sampling(model, n_images: int, sampler: str, num_steps: int | None, dev
         torch.cuda.synchronize()
     start = time.perf_counter()
     with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
-        images = model.generate(n_images, generator, sampler=sampler, num_steps=num_steps)
+        images = model.sample(n_images, generator, sampler=sampler, num_steps=num_steps)
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start

@@ -32,7 +32,6 @@ Design notes for Lightning's features:
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar, Literal
 
 import lightning as L
@@ -46,7 +45,6 @@ from torch import Tensor
 from lightning_modules.compiling import compile_networks
 from lightning_modules.ema import EMA
 from lightning_modules.images import to_unit_range
-from lightning_modules.metrics import SampleQuality
 from lightning_modules.rng import seeded_generator
 from networks.gan import DCGANDiscriminator, DCGANGenerator, Discriminator, Generator
 
@@ -75,20 +73,12 @@ class GANModule(L.LightningModule):
             use it for samples, ``predict`` and FID/KID. The decay warms up as ``min(ema_decay, (1 + n) / (10 + n))``
             after ``n`` generator steps. ``None``: no EMA.
         noise_seed: seed of the noise streams (training, validation, predict).
-        quality_num_samples: generated (and real) validation images for FID/KID at each validation end, over all
-            ranks. 0 turns the metrics off.
-        quality_features, inception_weights, classifier_checkpoint, kid_subset_size: the ``SampleQuality`` settings
-            (``lightning_modules.metrics``): which feature extractor FID/KID use; the metric names say which
-            (``val/fid_inception`` or ``val/fid_vit``, likewise ``kid_`` and ``kid_std_``).
         compile: run the generator and discriminator through ``torch.compile`` (see
             ``lightning_modules/compiling.py``).
     """
 
     # Chosen at inference time: with --ckpt_path a typed value wins over the checkpoint's (see cli.py).
-    inference_args: ClassVar[frozenset[str]] = frozenset({
-        "noise_seed", "quality_num_samples", "quality_features", "inception_weights", "classifier_checkpoint",
-        "kid_subset_size",
-    })
+    inference_args: ClassVar[frozenset[str]] = frozenset({"noise_seed"})
 
     def __init__(
         self,
@@ -105,11 +95,6 @@ class GANModule(L.LightningModule):
         gradient_clip_val: float | None = None,
         ema_decay: float | None = None,
         noise_seed: int = 0,
-        quality_num_samples: int = 0,
-        quality_features: Literal["auto", "inception", "classifier"] = "auto",
-        inception_weights: str | None = None,
-        classifier_checkpoint: str | None = None,
-        kid_subset_size: int = 100,
         compile: bool = False,
     ) -> None:
         super().__init__()
@@ -126,8 +111,6 @@ class GANModule(L.LightningModule):
             raise ValueError(f"model.gradient_clip_val={gradient_clip_val} must be positive (or null for no clipping).")
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise ValueError(f"model.ema_decay={ema_decay} must be in (0, 1) (or null for no EMA).")
-        if quality_num_samples < 0:
-            raise ValueError(f"model.quality_num_samples={quality_num_samples} must be >= 0 (0 turns FID/KID off).")
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.image_shape = tuple(image_shape)
@@ -146,15 +129,7 @@ class GANModule(L.LightningModule):
 
         # The EMA copy is never trained: no gradients, not in any optimizer (so DDP ignores it); saved in checkpoints.
         self.generator_ema = EMA(self.generator, ema_decay) if ema_decay is not None else None
-
-        self.quality = None
-        if quality_num_samples > 0:
-            self.quality = SampleQuality(
-                features=quality_features, inception_weights=inception_weights,
-                classifier_checkpoint=classifier_checkpoint, num_samples=quality_num_samples,
-                kid_subset_size=kid_subset_size,
-            )
-        self._quality_seen = 0  # real images this rank has fed to the metrics in this validation epoch
+        self.value_range = (-1.0, 1.0)
 
     # ------------------------------------------------------------------------------------------------ sampling
     def _rng(self, stream: int, *key: int) -> torch.Generator:
@@ -164,9 +139,8 @@ class GANModule(L.LightningModule):
     def noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         return torch.randn(n, self.hparams.latent_dim, device=self.device, generator=generator)  # (n, latent_dim)
 
-    def generate(self, z: Tensor, network: nn.Module | None = None) -> Tensor:
-        """Images (n, C, H, W) in [-1, 1] from noise z (n, latent_dim); by default from the network used for sampling."""
-        network = network if network is not None else self.sampling_generator
+    def from_noise(self, z: Tensor, network: nn.Module) -> Tensor:
+        """G(z): images (n, C, H, W) in the data's range from noise z (n, latent_dim) through ``network``."""
         return network(z).view(z.size(0), *self.image_shape)
 
     @property
@@ -174,12 +148,17 @@ class GANModule(L.LightningModule):
         """The EMA generator when ``ema_decay`` is set, else the trained one."""
         return self.generator_ema.module if self.generator_ema is not None else self.generator
 
+    @torch.no_grad()
+    def generate(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` images (n, C, H, W) in [0, 1] from the sampling generator (EMA when on), noise from ``generator``."""
+        return to_unit_range(self.from_noise(self.noise(n, generator), self.sampling_generator), self.value_range)
+
     def sample_images(self, images: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         """Fixed-noise samples for ``ImageSampler`` (one per given image), in [0, 1]."""
         z = self.noise(images.size(0), generator)
-        panels = {"generator": to_unit_range(self.generate(z, self.generator), (-1, 1))}
+        panels = {"generator": to_unit_range(self.from_noise(z, self.generator), self.value_range)}
         if self.generator_ema is not None:
-            panels["generator_ema"] = to_unit_range(self.generate(z, self.generator_ema), (-1, 1))
+            panels["generator_ema"] = to_unit_range(self.from_noise(z, self.generator_ema), self.value_range)
         return panels
 
     # ------------------------------------------------------------------------------------------------ training
@@ -211,7 +190,7 @@ class GANModule(L.LightningModule):
         real = batch[0]
         opt_d, opt_g = self.optimizers()
         z = self.noise(real.size(0), self._rng(_FIT, self.current_epoch, batch_idx))
-        fake = self.generate(z, self.generator)  # graph into G kept for the generator step
+        fake = self.from_noise(z, self.generator)  # graph into G kept for the generator step
 
         with self.toggled_optimizer(opt_d):
             d_loss, d_real, d_fake = self._d_loss(real, fake)
@@ -242,11 +221,6 @@ class GANModule(L.LightningModule):
         return [opt_d, opt_g]
 
     # ----------------------------------------------------------------------------------------- validation, test
-    def on_validation_epoch_start(self) -> None:
-        self._quality_seen = 0
-
-    on_test_epoch_start = on_validation_epoch_start
-
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._evaluate(batch[0], batch_idx, "val", _VAL)
 
@@ -254,54 +228,14 @@ class GANModule(L.LightningModule):
         self._evaluate(batch[0], batch_idx, "test", _TEST)
 
     def _evaluate(self, real: Tensor, batch_idx: int, stage: str, stream: int) -> None:
-        """Both losses on held-out real images against fixed noise, and FID/KID when configured."""
+        """Both losses on held-out real images against fixed noise."""
         z = self.noise(real.size(0), self._rng(stream, batch_idx))
-        fake = self.generate(z, self.generator)
+        fake = self.from_noise(z, self.generator)
         d_loss, d_real, d_fake = self._d_loss(real, fake)
         metrics = {"d_loss": d_loss, "g_loss": self._g_loss(fake), "d_real": d_real, "d_fake": d_fake}
         self.log_dict({f"{stage}/{name}": value for name, value in metrics.items()}, sync_dist=True)
-        if self.quality is not None:
-            self._update_quality(real, z)
-
-    def _update_quality(self, real: Tensor, z: Tensor) -> None:
-        """Feed up to quality_num_samples / world_size real and generated images per rank to FID/KID."""
-        per_rank = math.ceil(self.hparams.quality_num_samples / self.trainer.world_size)
-        take = min(real.size(0), per_rank - self._quality_seen)
-        if take <= 0:
-            return
-        self._quality_seen += take
-        fake = self.generate(z[:take])  # the sampling generator: EMA when on
-        self.quality.update(to_unit_range(real[:take], (-1, 1)), real=True)
-        self.quality.update(to_unit_range(fake, (-1, 1)), real=False)
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_quality("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_quality("test")
-
-    def _log_quality(self, stage: str) -> None:
-        if self.quality is None:
-            return
-        if not self.trainer.sanity_checking:
-            values = self.quality.compute()  # synchronised across ranks by torchmetrics
-            self.log_dict({f"{stage}/{name}": value for name, value in values.items()})
-        self.quality.reset()
-
-    # ----------------------------------------------------------------------------------------------- checkpoints
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # The FID/KID feature network is loaded from its own file: keep it out of GAN checkpoints, so they stay small
-        # and load whether or not the metrics are on.
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("quality.")}
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        state = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("quality.")}
-        if self.quality is not None:
-            state.update({f"quality.{k}": v for k, v in self.quality.state_dict().items()})
-        checkpoint["state_dict"] = state
 
     # ------------------------------------------------------------------------------------------------- predict
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         """One generated image in [0, 1] per item of the batch (the pixels are ignored)."""
-        z = self.noise(batch[0].size(0), self._rng(_PREDICT, batch_idx))
-        return to_unit_range(self.generate(z), (-1, 1))
+        return self.generate(batch[0].size(0), self._rng(_PREDICT, batch_idx))

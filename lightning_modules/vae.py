@@ -258,9 +258,10 @@ class VAEModule(L.LightningModule):
             return torch.sigmoid(output.float())
         return to_unit_range(output, self.value_range)
 
-    def generate(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
-        """Images in [0, 1] decoded from z ~ N(0, I): (num_samples, C, H, W)."""
-        return self.to_images(self.net.decode(self.net.prior_sample(num_samples, generator)))
+    @torch.no_grad()
+    def generate(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` images (n, C, H, W) in [0, 1]: the decoder's means for z ~ N(0, I) drawn with ``generator``."""
+        return self.to_images(self.net.decode(self.net.prior_sample(n, generator)))
 
     def targets(self, x: Tensor, batch_idx: int | None = None) -> Tensor:
         """What the likelihood models: the pixels, or with ``binarize`` binary pixels drawn from the grey levels.

@@ -84,7 +84,7 @@ def test_compiled_gan_checkpoint_resumes_eagerly_and_loads_back_into_a_compiled_
     model.load_state_dict(resumed.model.state_dict())
     z = torch.randn(4, model.hparams.latent_dim)
     model.eval(), resumed.model.eval()
-    torch.testing.assert_close(model.generate(z, model.generator), resumed.model.generate(z, resumed.model.generator),
+    torch.testing.assert_close(model.from_noise(z, model.generator), resumed.model.from_noise(z, resumed.model.generator),
                                rtol=1e-4, atol=1e-5)
 
 

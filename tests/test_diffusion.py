@@ -338,10 +338,10 @@ def test_predict_writes_pngs(run_cli, tmp_path, sampler, steps):
 def test_fid_kid_logged_at_validation_end_with_classifier_features(run_cli, vit_checkpoint):
     cli = run_cli("fit", "--config", "configs/ddpm_mnist.yaml", *FAST, "--trainer.max_epochs=1",
                   "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=2",
-                  "--model.init_args.fid_every_n_epochs=1", "--model.init_args.fid_num_samples=6",
-                  "--model.init_args.fid_sampling_steps=2", f"--model.init_args.classifier_checkpoint={vit_checkpoint}")
+                  "--trainer.callbacks+=SampleQualityMonitor", "--trainer.callbacks.num_samples=6",
+                  f"--trainer.callbacks.classifier_checkpoint={vit_checkpoint}")
     metrics = cli.trainer.callback_metrics
     assert torch.isfinite(metrics["val/fid_vit"]) and torch.isfinite(metrics["val/kid_vit"])
     assert metrics["val/fid_vit"] > 0
     saved = torch.load(cli.trainer.checkpoint_callback.last_model_path, weights_only=False)["state_dict"]
-    assert not any(key.startswith("_quality") or "extractor" in key for key in saved)  # feature net not saved
+    assert set(saved) == set(cli.model.state_dict())  # the feature network is the callback's, not saved

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from conftest import opt_in, predict_folder
 
 from lightning_modules.gan import GANModule
+from lightning_modules.metrics import SampleQualityMonitor
 from networks.gan import DCGANDiscriminator, DCGANGenerator, Discriminator, Generator
 from networks.vit import VisionTransformer
 
@@ -209,16 +210,18 @@ def tiny_vit_checkpoint(path: Path, channels: int = 1, size: int = 28) -> Path:
 
 def test_fid_kid_logged_at_validation_end_and_kept_out_of_checkpoints(tmp_path):
     ckpt = tiny_vit_checkpoint(tmp_path / "vit.ckpt", size=16)
-    model = small_gan(quality_num_samples=12, classifier_checkpoint=str(ckpt), kid_subset_size=6)
-    t = trainer(max_epochs=1, limit_val_batches=3, num_sanity_val_steps=0)
+    model = small_gan()
+    monitor = SampleQualityMonitor(num_samples=12, classifier_checkpoint=str(ckpt), kid_subset_size=6)
+    t = trainer(max_epochs=1, limit_val_batches=3, num_sanity_val_steps=0, callbacks=[monitor])
     t.fit(model, images_loader(n=16), images_loader(n=24))  # 3 val batches of 8: only 12 images may be used
     for name in ("val/fid_vit", "val/kid_vit"):
         assert torch.isfinite(t.callback_metrics[name]), name
-    assert model._quality_seen == 12
+    assert monitor.seen == 12
     t.save_checkpoint(tmp_path / "gan.ckpt")
-    state = torch.load(tmp_path / "gan.ckpt", weights_only=False)["state_dict"]
-    assert not any(k.startswith("quality.") for k in state)
-    plain = GANModule.load_from_checkpoint(tmp_path / "gan.ckpt", quality_num_samples=0)  # loads without metrics
+    saved = torch.load(tmp_path / "gan.ckpt", weights_only=False)
+    assert set(saved["state_dict"]) == set(model.state_dict())  # the feature network is the callback's
+    assert not any("extractor" in str(state) for state in saved["callbacks"].values())
+    plain = GANModule.load_from_checkpoint(tmp_path / "gan.ckpt")  # loads without the callback
     assert torch.equal(plain.generator.model[0].weight, model.generator.model[0].weight)
 
 
@@ -243,8 +246,9 @@ def test_two_process_ddp_run_ends_with_identical_weights_and_metrics(tmp_path, d
         "--trainer.strategy=ddp", "--trainer.precision=32-true", "--trainer.max_steps=8",
         "--trainer.val_check_interval=4", "--trainer.limit_val_batches=2", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
         "--trainer.callbacks=[]", "--trainer.enable_progress_bar=false", "--data.batch_size=16",
-        "--data.num_workers=0", "--model.hidden_dim=32", "--model.quality_num_samples=32",
-        f"--model.classifier_checkpoint={vit}", "--model.kid_subset_size=8",
+        "--data.num_workers=0", "--model.hidden_dim=32", "--trainer.callbacks+=SampleQualityMonitor",
+        "--trainer.callbacks.num_samples=32", f"--trainer.callbacks.classifier_checkpoint={vit}",
+        "--trainer.callbacks.kid_subset_size=8",
     ]
     script = tmp_path / "ddp_run.py"
     script.write_text(textwrap.dedent(DDP_SCRIPT.format(root=str(ROOT), args=args, out=str(tmp_path))))
