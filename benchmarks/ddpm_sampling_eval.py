@@ -78,7 +78,7 @@ def evaluate(ckpt: Path, args) -> dict:
                 x = module.diffusion.sample(module.ema.module, shape, noise=noise[start:start + batch], generator=g,
                                             progress=False, **kwargs)
             seconds.append(time.perf_counter() - begin)
-            chunks.append(to_unit_range(x, (-1.0, 1.0)))
+            chunks.append(to_unit_range(x, module.value_range))
             print(f"{name}: images {start}-{start + len(x)} in {seconds[-1]:.1f}s", flush=True)
         samples[name] = torch.cat(chunks)
         torch.save(samples[name], out / f"samples_{name}.pt")  # for --fid-only

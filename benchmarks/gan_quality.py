@@ -42,11 +42,11 @@ def generated(model: GANModule, network: torch.nn.Module, n: int, batch: int = 2
 
 
 @torch.no_grad()
-def score(quality: SampleQuality, real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
+def score(quality: SampleQuality, real: torch.Tensor, fake: torch.Tensor, value_range) -> dict[str, float]:
     quality.reset()
     for i in range(0, len(real), 500):
-        quality.update(crop28(to_unit_range(real[i : i + 500], (-1, 1))), real=True)
-        quality.update(crop28(to_unit_range(fake[i : i + 500], (-1, 1))), real=False)
+        quality.update(crop28(to_unit_range(real[i : i + 500], value_range)), real=True)
+        quality.update(crop28(to_unit_range(fake[i : i + 500], value_range)), real=False)
     return {k: float(v) for k, v in quality.compute().items()}
 
 
@@ -73,20 +73,19 @@ def main() -> None:
     quality = SampleQuality(features="classifier", classifier_checkpoint=args.classifier, kid_subset_size=min(1000, n))
     test = real_images(datamodule, "test", n)
 
-    rows = {"real (val) vs real (test): floor": score(quality, test, real_images(datamodule, "val", n))}
+    rows = {"real (val) vs real (test): floor": score(quality, test, real_images(datamodule, "val", n), model.value_range)}
     networks = {"generator": model.generator}
     if model.generator_ema is not None:
         networks["generator EMA"] = model.generator_ema
     for name, network in networks.items():
-        rows[f"trained {name}"] = score(quality, test, generated(model, network, n))
+        rows[f"trained {name}"] = score(quality, test, generated(model, network, n), model.value_range)
     untrained = GANModule(**model.hparams).eval()
-    rows["untrained generator: ceiling"] = score(quality, test, generated(untrained, untrained.generator, n))
+    rows["untrained generator: ceiling"] = score(quality, test, generated(untrained, untrained.generator, n), model.value_range)
 
     print(f"\n{args.ckpt}: {model.hparams.arch}, {n} samples vs {n} MNIST test images, features: {quality.name}")
     for name, values in rows.items():
         print(f"{name:36s} " + "  ".join(f"{k} {v:9.4f}" for k, v in values.items()))
-    samples = generated(model, model.sampling_generator, 64)
-    save_png(image_grid(to_unit_range(samples, (-1, 1))), args.grid)
+    save_png(image_grid(model.generate(64, torch.Generator().manual_seed(1234))), args.grid)
     print(f"grid of 64 samples ({'EMA' if model.generator_ema is not None else 'raw'} generator): {args.grid}")
 
 

@@ -210,8 +210,8 @@ def real_vs_real_floor(test_cli, num_samples: int) -> dict[str, float]:
     seen = 0
     for (real, _), (train, _) in zip(data.test_dataloader(), data.train_dataloader()):
         take = min(len(real), len(train), num_samples - seen)
-        quality.update(to_unit_range(real[:take], (-1, 1)), real=True)
-        quality.update(to_unit_range(train[:take], (-1, 1)), real=False)
+        quality.update(to_unit_range(real[:take], data.value_range), real=True)
+        quality.update(to_unit_range(train[:take], data.value_range), real=False)
         seen += take
         if seen >= num_samples:
             break

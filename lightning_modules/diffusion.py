@@ -13,13 +13,12 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from lightning_modules.compiling import compile_networks
 from lightning_modules.ema import EMA
-from lightning_modules.images import to_unit_range
+from datamodules import VALUE_RANGES
+from lightning_modules.images import require_value_range, to_unit_range
 from lightning_modules.optim import decay_groups
 from lightning_modules.rng import seeded_generator
 from networks.diffusion import DDPMVariance, GaussianDiffusion, Prediction, Sampler, Schedule
 from networks.unet import SimpleUNet
-
-DATA_RANGE = (-1.0, 1.0)
 
 _PREDICT_STREAM = 1  # keys of the seeded noise streams (see lightning_modules/rng.py)
 DEFAULT_STEPS = {"ddim": 50, "dpm_solver": 20}  # when sampling_steps is null (capped at T); DDPM takes all T
@@ -33,7 +32,7 @@ class DiffusionModule(L.LightningModule):
 
     Args:
         image_shape: (channels, height, width), from the datamodule.
-        normalization: the data's normalization; must be ``minus_one_one`` (the process assumes data in [-1, 1]).
+        value_range: the data's value range, from the datamodule; must be (-1, 1), which the noise schedule assumes.
         model_channels, num_res_blocks, channel_mult, attention_levels, num_heads, dropout, norm_groups: the
             ``SimpleUNet`` arguments.
         num_timesteps, schedule, beta_start, beta_end, prediction: the ``GaussianDiffusion`` arguments (T, "linear"
@@ -61,7 +60,7 @@ class DiffusionModule(L.LightningModule):
     def __init__(
         self,
         image_shape: tuple[int, int, int] = (1, 32, 32),
-        normalization: str = "minus_one_one",
+        value_range: tuple[float, float] | None = VALUE_RANGES["minus_one_one"],
         model_channels: int = 64,
         num_res_blocks: int = 2,
         channel_mult: tuple[int, ...] = (1, 2, 4),
@@ -89,11 +88,9 @@ class DiffusionModule(L.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        if normalization != "minus_one_one":
-            raise ValueError(
-                f"DiffusionModule needs data in [-1, 1] but data.normalization is {normalization!r}; "
-                f"set data.init_args.normalization: minus_one_one."
-            )
+        self.value_range = require_value_range(
+            "DiffusionModule", value_range, "minus_one_one", "the noise schedule assumes unit-scale data"
+        )
         if num_timesteps < 1:
             raise ValueError(
                 f"model.num_timesteps={num_timesteps}: the diffusion needs T >= 1 noise levels; DDPM uses 1000."
@@ -119,10 +116,9 @@ class DiffusionModule(L.LightningModule):
         )
         self.ema = EMA(self.net, decay=ema_decay, warmup=ema_warmup)
         self.diffusion = GaussianDiffusion(
-            num_timesteps, schedule, beta_start, beta_end, prediction=prediction, clip_range=DATA_RANGE
+            num_timesteps, schedule, beta_start, beta_end, prediction=prediction, clip_range=self.value_range
         )
         self.sampling_steps = sampling_steps or self._default_steps(sampler)
-        self.value_range = DATA_RANGE
 
     def _default_steps(self, sampler: str) -> int:
         T = self.hparams.num_timesteps

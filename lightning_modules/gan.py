@@ -44,7 +44,8 @@ from torch import Tensor
 
 from lightning_modules.compiling import compile_networks
 from lightning_modules.ema import EMA
-from lightning_modules.images import to_unit_range
+from datamodules import VALUE_RANGES
+from lightning_modules.images import require_value_range, to_unit_range
 from lightning_modules.rng import seeded_generator
 from networks.gan import DCGANDiscriminator, DCGANGenerator, Discriminator, Generator
 
@@ -55,12 +56,12 @@ _FIT, _VAL, _PREDICT, _TEST = 0, 1, 2, 3
 class GANModule(L.LightningModule):
     """MLP GAN or DCGAN trained with two Adam optimisers and manual optimisation.
 
-    ``image_shape`` and ``normalization`` come from the datamodule when run through the CLI; the data must be in
+    ``image_shape`` and ``value_range`` come from the datamodule when run through the CLI; the data must be in
     [-1, 1] (``data.normalization: minus_one_one``), the range of the generator's ``Tanh``.
 
     Args:
         image_shape: (channels, height, width) of the images.
-        normalization: the datamodule's normalisation; must be ``minus_one_one``.
+        value_range: the data's value range; must be (-1, 1).
         arch: ``mlp`` (the spec's ``Generator``/``Discriminator`` on flattened images) or ``dcgan`` (32 or 64 px).
         latent_dim: size of z.
         hidden_dim: width of the MLP networks (``arch: mlp``).
@@ -83,7 +84,7 @@ class GANModule(L.LightningModule):
     def __init__(
         self,
         image_shape: tuple[int, int, int] = (1, 28, 28),
-        normalization: str = "minus_one_one",
+        value_range: tuple[float, float] | None = VALUE_RANGES["minus_one_one"],
         arch: Literal["mlp", "dcgan"] = "mlp",
         latent_dim: int = 100,
         hidden_dim: int = 256,
@@ -98,11 +99,7 @@ class GANModule(L.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        if normalization != "minus_one_one":
-            raise ValueError(
-                f"GANModule needs data in [-1, 1] (the range of the generator's Tanh), but data.normalization is "
-                f"'{normalization}'. Set data.init_args.normalization: minus_one_one."
-            )
+        self.value_range = require_value_range("GANModule", value_range, "minus_one_one", "the generator's Tanh")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"model.label_smoothing={label_smoothing} must be in [0, 1).")
         if d_steps_per_g_step < 1:
@@ -129,7 +126,6 @@ class GANModule(L.LightningModule):
 
         # The EMA copy is never trained: no gradients, not in any optimizer (so DDP ignores it); saved in checkpoints.
         self.generator_ema = EMA(self.generator, ema_decay) if ema_decay is not None else None
-        self.value_range = (-1.0, 1.0)
 
     # ------------------------------------------------------------------------------------------------ sampling
     def _rng(self, stream: int, *key: int) -> torch.Generator:

@@ -31,9 +31,7 @@ from torch import Tensor
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from datamodules import ImageDataModule
 from lightning_modules.images import to_unit_range
-from lightning_modules.registry import project_class, project_class_names
 from lightning_modules.rng import seeded_generator
 from networks.vit import VisionTransformer
 
@@ -104,8 +102,8 @@ class InceptionFeatures(nn.Module):
 class ClassifierFeatures(nn.Module):
     """Final class-token features (B, D) of a trained ``ViTClassifier`` checkpoint, for images in [0, 1].
 
-    Images are standardised with the mean/std of the datamodule the classifier was trained on (read from the
-    checkpoint) and resized to the classifier's input size when they differ (e.g. MNIST padded to 32 px).
+    Images are standardised with the mean/std the classifier was trained with (its ``normalization_mean_std``
+    hyperparameter) and resized to the classifier's input size when they differ (e.g. MNIST padded to 32 px).
     """
 
     name = "vit"
@@ -119,14 +117,17 @@ class ClassifierFeatures(nn.Module):
             )
         ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
         hp = ckpt.get("hyper_parameters", {})
-        data_hp = ckpt.get("datamodule_hyper_parameters", {})
-        if not {"image_shape", "num_classes", "embed_dim"} <= hp.keys() or "_class_path" not in data_hp:
+        if not {"image_shape", "num_classes", "embed_dim"} <= hp.keys():
             raise ValueError(
-                f"'{checkpoint}' is not a ViTClassifier checkpoint written by module14's CLI (its hyperparameters "
-                f"lack the network or datamodule description); train the classifier with `module14 fit`."
+                f"'{checkpoint}' is not a ViTClassifier checkpoint written by module14 (its hyperparameters lack the "
+                f"network's description); train the classifier with `module14 fit --config configs/vit_mnist.yaml`."
             )
-        if data_hp.get("normalization", "mean_std") != "mean_std":
-            raise ValueError(f"'{checkpoint}' was trained on {data_hp['normalization']} inputs; expected mean_std.")
+        if hp.get("normalization_mean_std") is None:
+            raise ValueError(
+                f"'{checkpoint}' does not record the mean/std its images were standardised with "
+                f"(normalization_mean_std; checkpoints of module14 before it was linked from the data lack it). "
+                f"Train the classifier again with `module14 fit` (e.g. configs/vit_mnist.yaml, 4 CPU minutes)."
+            )
         channels, size, _ = hp["image_shape"]
         self.net = VisionTransformer(
             img_size=size, patch_size=hp["patch_size"], in_channels=channels, num_classes=hp["num_classes"],
@@ -136,9 +137,9 @@ class ClassifierFeatures(nn.Module):
         state = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
         self.net.load_state_dict(state)
         self.net.eval().requires_grad_(False)
-        datamodule = _datamodule_class(data_hp["_class_path"], checkpoint)
-        self.register_buffer("mean", torch.tensor(datamodule.mean).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(datamodule.std).view(1, -1, 1, 1))
+        mean, std = hp["normalization_mean_std"]
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         self.channels, self.size = channels, size
         self.num_features = hp["embed_dim"]
 
@@ -154,18 +155,6 @@ class ClassifierFeatures(nn.Module):
         if images.shape[-1] != self.size:
             images = F.interpolate(images.float(), size=(self.size, self.size), mode="bilinear", antialias=True)
         return self.net.forward_features((images.float() - self.mean) / self.std)
-
-
-def _datamodule_class(class_path: str, checkpoint: str) -> type:
-    """The module14 datamodule a classifier checkpoint names, looked up by name: the file never chooses an import."""
-    datamodule = project_class(class_path, ImageDataModule)
-    if datamodule is None:
-        raise ValueError(
-            f"'{checkpoint}' was trained on a datamodule '{class_path}' that is not one of module14's "
-            f"({', '.join(project_class_names(ImageDataModule))}); its normalisation is unknown. Use a classifier "
-            f"trained with `module14 fit` on one of them."
-        )
-    return datamodule
 
 
 class _Precomputed(nn.Module):

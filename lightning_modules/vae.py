@@ -39,12 +39,12 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from lightning_modules.compiling import compile_networks
-from lightning_modules.images import to_unit_range
+from datamodules import VALUE_RANGES
+from lightning_modules.images import require_value_range, to_unit_range
 from lightning_modules.optim import total_training_steps, warmup_cosine
 from lightning_modules.rng import seeded_generator
 from networks.vae import ConvVAE, GaussianLatentAutoencoder, VAE
 
-VALUE_RANGES = {"zero_one": (0.0, 1.0), "minus_one_one": (-1.0, 1.0)}
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -135,7 +135,7 @@ class ActiveUnits(Metric):
 class VAEModule(L.LightningModule):
     """VAE / beta-VAE trained on the negative ELBO, evaluated with ELBO, IWAE bound and bits/dim.
 
-    ``image_shape`` and ``normalization`` come from the datamodule when run through the CLI.
+    ``image_shape`` and ``value_range`` come from the datamodule when run through the CLI.
 
     Logged (nats per image; ``train/*`` per step and epoch, ``val/*`` and ``test/*`` per epoch, synced across ranks):
     ``loss`` (the beta-weighted objective), ``recon`` (-log p(x|z)), ``kl``, ``nelbo`` (recon + kl: the negative
@@ -144,7 +144,7 @@ class VAEModule(L.LightningModule):
 
     Args:
         image_shape: (channels, height, width) of the images.
-        normalization: the data's range: ``zero_one`` or ``minus_one_one`` (Bernoulli needs ``zero_one``).
+        value_range: the data's value range: (0, 1) or (-1, 1) (Bernoulli needs (0, 1)).
         architecture: ``mlp`` (the spec's VAE on flattened pixels) or ``conv`` (``ConvVAE``, 32x32 or 64x64 images).
         latent_dim: size of z.
         hidden_dim: mlp: width of the hidden layers (spec: 400); conv: channels of the first stage, doubled per stage.
@@ -171,7 +171,7 @@ class VAEModule(L.LightningModule):
     def __init__(
         self,
         image_shape: tuple[int, int, int] = (1, 28, 28),
-        normalization: str = "zero_one",
+        value_range: tuple[float, float] | None = VALUE_RANGES["zero_one"],
         architecture: Literal["mlp", "conv"] = "mlp",
         latent_dim: int = 20,
         hidden_dim: int = 400,
@@ -192,10 +192,10 @@ class VAEModule(L.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        self._check_config(normalization, architecture, num_hidden_layers, likelihood, gaussian_scale, binarize, beta)
+        self._check_config(architecture, num_hidden_layers, likelihood, gaussian_scale, binarize, beta)
         self.save_hyperparameters()
         self.image_shape = tuple(image_shape)
-        self.value_range = VALUE_RANGES[normalization]
+        self.value_range = self._checked_range(value_range, likelihood)
         self.net: GaussianLatentAutoencoder
         if architecture == "mlp":
             self.net = VAE(math.prod(image_shape), hidden_dim, latent_dim, num_hidden_layers, output_shape=image_shape)
@@ -214,17 +214,21 @@ class VAEModule(L.LightningModule):
         self.example_input_array = torch.zeros(2, *image_shape)
 
     @staticmethod
-    def _check_config(normalization, architecture, num_hidden_layers, likelihood, gaussian_scale, binarize, beta) -> None:
-        if likelihood == "bernoulli" and normalization != "zero_one":
-            raise ValueError(
-                f"a Bernoulli decoder models pixels in [0, 1] but the data are normalised with '{normalization}': set "
-                f"data.init_args.normalization: zero_one, or model.init_args.likelihood: gaussian."
+    def _checked_range(value_range: tuple[float, float] | None, likelihood: str) -> tuple[float, float]:
+        if likelihood == "bernoulli":
+            return require_value_range(
+                "a Bernoulli decoder", value_range, "zero_one", "it models pixels as probabilities; or set "
+                "model.init_args.likelihood: gaussian"
             )
-        if normalization not in VALUE_RANGES:
+        if value_range is None:
             raise ValueError(
-                f"a Gaussian VAE needs pixels in a known range, got normalization '{normalization}': set "
-                f"data.init_args.normalization to zero_one or minus_one_one."
+                "a Gaussian VAE needs pixels in a known range, but the data are standardised (mean_std): set "
+                "data.init_args.normalization to zero_one or minus_one_one."
             )
+        return tuple(value_range)
+
+    @staticmethod
+    def _check_config(architecture, num_hidden_layers, likelihood, gaussian_scale, binarize, beta) -> None:
         if binarize and likelihood != "bernoulli":
             raise ValueError("binarize=true only applies to the Bernoulli likelihood: set model.init_args.binarize: false.")
         if gaussian_scale is not None and (likelihood != "gaussian" or gaussian_scale <= 0):

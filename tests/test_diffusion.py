@@ -296,9 +296,10 @@ def test_ema_update_math():
         EMA(net, decay=1.0)
 
 
-def test_wrong_normalization_is_rejected():
-    with pytest.raises(ValueError, match="minus_one_one"):
-        tiny_module(normalization="zero_one")
+def test_data_outside_minus_one_one_is_rejected_naming_the_data_flag():
+    for value_range in ((0.0, 1.0), None):
+        with pytest.raises(ValueError, match="Set data.init_args.normalization: minus_one_one"):
+            tiny_module(value_range=value_range)
 
 
 def test_sampler_settings_default_and_are_validated():

@@ -90,7 +90,7 @@ def test_dcgan_rejects_unsupported_size():
 
 def test_gan_needs_minus_one_one_data():
     with pytest.raises(ValueError, match="minus_one_one"):
-        small_gan(normalization="zero_one")
+        small_gan(value_range=(0.0, 1.0))
 
 
 # ------------------------------------------------------------------------------------------------ training step
@@ -197,7 +197,7 @@ def tiny_vit_checkpoint(path: Path, channels: int = 1, size: int = 28) -> Path:
     """A checkpoint in the layout the CLI writes for a ViTClassifier (untrained: the plumbing is what is tested)."""
     patch = 7 if size % 7 == 0 else 4
     hp = dict(image_shape=(channels, size, size), num_classes=10, patch_size=patch, embed_dim=16, depth=1,
-              num_heads=2, mlp_ratio=2.0)
+              num_heads=2, mlp_ratio=2.0, normalization_mean_std=((0.5,) * channels, (0.25,) * channels))
     net = VisionTransformer(img_size=size, patch_size=patch, in_channels=channels, num_classes=10, embed_dim=16,
                             depth=1, num_heads=2, mlp_ratio=2.0)
     torch.save({

@@ -15,7 +15,7 @@ from lightning_modules.vae import VAEModule
 
 FAMILIES = {
     "vae": lambda: VAEModule(image_shape=(1, 28, 28), hidden_dim=16, latent_dim=4),
-    "conv_vae": lambda: VAEModule(image_shape=(3, 32, 32), normalization="minus_one_one", architecture="conv",
+    "conv_vae": lambda: VAEModule(image_shape=(3, 32, 32), value_range=(-1.0, 1.0), architecture="conv",
                                   hidden_dim=4, latent_dim=4, likelihood="gaussian"),
     "gan": lambda: GANModule(image_shape=(1, 16, 16), latent_dim=8, hidden_dim=16),
     "dcgan_ema": lambda: GANModule(image_shape=(3, 32, 32), arch="dcgan", latent_dim=8, feature_maps=4, ema_decay=0.9),
@@ -82,3 +82,23 @@ def test_fid_kid_callback_needs_a_generative_model():
     trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, callbacks=[SampleQualityMonitor(num_samples=4)])
     with pytest.raises(TypeError, match="generate"):
         trainer.fit(model, unit_loader(FAMILIES["vae"]()))
+
+
+# ----------------------------------------------------------------------------------------------- the data's range
+@pytest.mark.parametrize("normalization", ["zero_one", "minus_one_one", "mean_std"])
+def test_the_datamodule_states_its_value_range_and_mean_std(data_dir, normalization):
+    from datamodules import MNISTDataModule
+
+    data = MNISTDataModule(data_dir=str(data_dir), normalization=normalization, val_size=100, batch_size=100,
+                           num_workers=0)
+    data.setup("fit")
+    x = next(iter(data.val_dataloader()))[0]
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in data.normalization_mean_std)
+    pixels = x * std + mean  # back to [0, 1], and on the 8-bit grid
+    torch.testing.assert_close(pixels, (pixels * 255).round() / 255, atol=1e-5, rtol=0)
+    assert pixels.min() >= -1e-6 and pixels.max() <= 1 + 1e-6
+    if normalization == "mean_std":
+        assert data.value_range is None
+    else:
+        low, high = data.value_range
+        assert x.min() == low and x.max() == high
