@@ -75,18 +75,18 @@ def main() -> None:
 
     rows = {"real (val) vs real (test): floor": score(quality, test, real_images(datamodule, "val", n), model.value_range)}
     networks = {"generator": model.generator}
-    if model.generator_ema is not None:
-        networks["generator EMA"] = model.generator_ema
+    if model.ema is not None:
+        networks["generator EMA"] = model.ema
     for name, network in networks.items():
         rows[f"trained {name}"] = score(quality, test, generated(model, network, n), model.value_range)
     untrained = GANModule(**model.hparams).eval()
     rows["untrained generator: ceiling"] = score(quality, test, generated(untrained, untrained.generator, n), model.value_range)
 
-    print(f"\n{args.ckpt}: {model.hparams.arch}, {n} samples vs {n} MNIST test images, features: {quality.name}")
+    print(f"\n{args.ckpt}: {model.hparams.architecture}, {n} samples vs {n} MNIST test images, features: {quality.name}")
     for name, values in rows.items():
         print(f"{name:36s} " + "  ".join(f"{k} {v:9.4f}" for k, v in values.items()))
     save_png(image_grid(model.generate(64, torch.Generator().manual_seed(1234))), args.grid)
-    print(f"grid of 64 samples ({'EMA' if model.generator_ema is not None else 'raw'} generator): {args.grid}")
+    print(f"grid of 64 samples ({'EMA' if model.ema is not None else 'raw'} generator): {args.grid}")
 
 
 if __name__ == "__main__":

@@ -11,9 +11,9 @@ import torch
 from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 
+from datamodules import VALUE_RANGES
 from lightning_modules.compiling import compile_networks
 from lightning_modules.ema import EMA
-from datamodules import VALUE_RANGES
 from lightning_modules.images import require_value_range, to_unit_range
 from lightning_modules.optim import decay_groups
 from lightning_modules.rng import seeded_generator
@@ -46,7 +46,7 @@ class DiffusionModule(L.LightningModule):
             all T steps (leave null or set T).
         ddim_eta: DDIM's η (0: deterministic, 1: DDPM-like noise).
         ddpm_variance: σ² of the ancestral sampler: "posterior" (β̃_t) or "beta" (β_t).
-        sample_seed: seed of the ``predict`` noise (combined with the rank and batch index).
+        noise_seed: seed of the ``predict`` noise (combined with the rank and batch index).
         trajectory_grid: also log a grid of x̂_0 along the sampling trajectory with the sample grids.
         compile: run the trained U-Net through ``torch.compile`` (see ``lightning_modules/compiling.py``); the EMA
             copy, which samples, stays eager.
@@ -54,7 +54,7 @@ class DiffusionModule(L.LightningModule):
 
     # Chosen at inference time: with --ckpt_path a typed value wins over the checkpoint's (see cli.py).
     inference_args: ClassVar[frozenset[str]] = frozenset({
-        "sampler", "sampling_steps", "ddim_eta", "ddpm_variance", "sample_seed", "trajectory_grid",
+        "sampler", "sampling_steps", "ddim_eta", "ddpm_variance", "noise_seed", "trajectory_grid",
     })
 
     def __init__(
@@ -83,7 +83,7 @@ class DiffusionModule(L.LightningModule):
         sampling_steps: int | None = None,
         ddim_eta: float = 0.0,
         ddpm_variance: DDPMVariance = "posterior",
-        sample_seed: int = 0,
+        noise_seed: int = 0,
         trajectory_grid: bool = True,
         compile: bool = False,
     ) -> None:
@@ -161,7 +161,7 @@ class DiffusionModule(L.LightningModule):
     # ------------------------------------------------------------------------------------------- validation
     def _eval_loss(self, x0: Tensor, batch_idx: int) -> Tensor:
         """EMA network's loss with t and noise drawn from a per-batch seed: comparable across epochs."""
-        g = seeded_generator(x0.device, self.hparams.sample_seed, batch_idx)
+        g = seeded_generator(x0.device, self.hparams.noise_seed, batch_idx)
         t = torch.randint(0, self.diffusion.num_timesteps, (x0.shape[0],), device=x0.device, generator=g)
         noise = torch.randn(x0.shape, device=x0.device, generator=g)
         return self.diffusion.loss(self.ema.module, x0, t, noise)
@@ -222,5 +222,5 @@ class DiffusionModule(L.LightningModule):
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         """One generated image per item of the batch (its pixels are ignored), in [0, 1]."""
-        generator = seeded_generator(self.device, self.hparams.sample_seed, self.global_rank, _PREDICT_STREAM, batch_idx)
+        generator = seeded_generator(self.device, self.hparams.noise_seed, self.global_rank, _PREDICT_STREAM, batch_idx)
         return self.generate(len(batch[0]), generator)

@@ -22,7 +22,7 @@ Design notes for Lightning's features:
 * **Noise.** Every draw of ``z`` uses a ``torch.Generator`` seeded from ``(noise_seed, rank, stream, epoch, batch)``: ranks draw
   different noise although ``seed_everything`` gives them the same global seed, and a resumed run draws the noise the
   uninterrupted run would have drawn.
-* **Gradient clipping** (``gradient_clip_val``) happens in ``on_before_optimizer_step``, which Lightning calls inside
+* **Gradient clipping** (``grad_clip_norm``) happens in ``on_before_optimizer_step``, which Lightning calls inside
   ``optimizer.step()`` *after* the ``16-mixed`` grad scaler has unscaled the gradients; clipping in ``training_step``
   before ``opt.step()`` would clip the scaled gradients. (``Trainer(gradient_clip_val=...)`` is refused by Lightning under
   manual optimisation.)
@@ -42,9 +42,9 @@ from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
+from datamodules import VALUE_RANGES
 from lightning_modules.compiling import compile_networks
 from lightning_modules.ema import EMA
-from datamodules import VALUE_RANGES
 from lightning_modules.images import require_value_range, to_unit_range
 from lightning_modules.rng import seeded_generator
 from networks.gan import DCGANDiscriminator, DCGANGenerator, Discriminator, Generator
@@ -62,14 +62,14 @@ class GANModule(L.LightningModule):
     Args:
         image_shape: (channels, height, width) of the images.
         value_range: the data's value range; must be (-1, 1).
-        arch: ``mlp`` (the spec's ``Generator``/``Discriminator`` on flattened images) or ``dcgan`` (32 or 64 px).
+        architecture: ``mlp`` (the spec's ``Generator``/``Discriminator`` on flattened images) or ``dcgan`` (32 or 64 px).
         latent_dim: size of z.
-        hidden_dim: width of the MLP networks (``arch: mlp``).
-        feature_maps: base channel count of the DCGAN networks (``arch: dcgan``).
+        hidden_dim: width of the MLP networks (``architecture: mlp``).
+        feature_maps: base channel count of the DCGAN networks (``architecture: dcgan``).
         lr, betas: Adam settings of both optimisers (the DCGAN paper's 2e-4, (0.5, 0.999)).
         label_smoothing: one-sided label smoothing: the discriminator's target for real images is ``1 - label_smoothing``.
         d_steps_per_g_step: discriminator steps (one per batch) per generator step.
-        gradient_clip_val: clip each network's gradient norm to this value before its step (``None``: no clipping).
+        grad_clip_norm: clip each network's gradient norm to this value before its step (``None``: no clipping).
         ema_decay: keep an exponential moving average of the generator's weights with this decay (e.g. 0.999) and
             use it for samples, ``predict`` and FID/KID. The decay warms up as ``min(ema_decay, (1 + n) / (10 + n))``
             after ``n`` generator steps. ``None``: no EMA.
@@ -85,7 +85,7 @@ class GANModule(L.LightningModule):
         self,
         image_shape: tuple[int, int, int] = (1, 28, 28),
         value_range: tuple[float, float] | None = VALUE_RANGES["minus_one_one"],
-        arch: Literal["mlp", "dcgan"] = "mlp",
+        architecture: Literal["mlp", "dcgan"] = "mlp",
         latent_dim: int = 100,
         hidden_dim: int = 256,
         feature_maps: int = 64,
@@ -93,7 +93,7 @@ class GANModule(L.LightningModule):
         betas: tuple[float, float] = (0.5, 0.999),
         label_smoothing: float = 0.0,
         d_steps_per_g_step: int = 1,
-        gradient_clip_val: float | None = None,
+        grad_clip_norm: float | None = None,
         ema_decay: float | None = None,
         noise_seed: int = 0,
         compile: bool = False,
@@ -104,8 +104,8 @@ class GANModule(L.LightningModule):
             raise ValueError(f"model.label_smoothing={label_smoothing} must be in [0, 1).")
         if d_steps_per_g_step < 1:
             raise ValueError(f"model.d_steps_per_g_step={d_steps_per_g_step} must be >= 1.")
-        if gradient_clip_val is not None and gradient_clip_val <= 0:
-            raise ValueError(f"model.gradient_clip_val={gradient_clip_val} must be positive (or null for no clipping).")
+        if grad_clip_norm is not None and grad_clip_norm <= 0:
+            raise ValueError(f"model.grad_clip_norm={grad_clip_norm} must be positive (or null for no clipping).")
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise ValueError(f"model.ema_decay={ema_decay} must be in (0, 1) (or null for no EMA).")
         self.save_hyperparameters()
@@ -113,19 +113,19 @@ class GANModule(L.LightningModule):
         self.image_shape = tuple(image_shape)
         channels, height, width = self.image_shape
 
-        if arch == "mlp":
+        if architecture == "mlp":
             self.generator = Generator(latent_dim, hidden_dim, output_dim=channels * height * width)
             self.discriminator = Discriminator(input_dim=channels * height * width, hidden_dim=hidden_dim)
-        elif arch == "dcgan":
+        elif architecture == "dcgan":
             if height != width:
                 raise ValueError(f"DCGAN builds square images, got {height}x{width}; set data.image_size.")
             self.generator = DCGANGenerator(latent_dim, feature_maps, channels, image_size=height)
             self.discriminator = DCGANDiscriminator(channels, feature_maps, image_size=height)
         else:
-            raise ValueError(f"model.arch='{arch}': choose 'mlp' or 'dcgan'.")
+            raise ValueError(f"model.architecture='{architecture}': choose 'mlp' or 'dcgan'.")
 
         # The EMA copy is never trained: no gradients, not in any optimizer (so DDP ignores it); saved in checkpoints.
-        self.generator_ema = EMA(self.generator, ema_decay) if ema_decay is not None else None
+        self.ema = EMA(self.generator, ema_decay) if ema_decay is not None else None
 
     # ------------------------------------------------------------------------------------------------ sampling
     def _rng(self, stream: int, *key: int) -> torch.Generator:
@@ -142,7 +142,7 @@ class GANModule(L.LightningModule):
     @property
     def sampling_generator(self) -> nn.Module:
         """The EMA generator when ``ema_decay`` is set, else the trained one."""
-        return self.generator_ema.module if self.generator_ema is not None else self.generator
+        return self.ema.module if self.ema is not None else self.generator
 
     @torch.no_grad()
     def generate(self, n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -153,8 +153,8 @@ class GANModule(L.LightningModule):
         """Fixed-noise samples for ``ImageSampler`` (one per given image), in [0, 1]."""
         z = self.noise(images.size(0), generator)
         panels = {"generator": to_unit_range(self.from_noise(z, self.generator), self.value_range)}
-        if self.generator_ema is not None:
-            panels["generator_ema"] = to_unit_range(self.from_noise(z, self.generator_ema), self.value_range)
+        if self.ema is not None:
+            panels["generator_ema"] = to_unit_range(self.from_noise(z, self.ema), self.value_range)
         return panels
 
     # ------------------------------------------------------------------------------------------------ training
@@ -202,13 +202,13 @@ class GANModule(L.LightningModule):
                 self.manual_backward(g_loss)
                 opt_g.step()
             self.log("train/g_loss", g_loss, prog_bar=True)
-            if self.generator_ema is not None:
-                self.generator_ema.update(self.generator)
+            if self.ema is not None:
+                self.ema.update(self.generator)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Called inside optimizer.step(), after the 16-mixed grad scaler unscaled the gradients.
-        if self.hparams.gradient_clip_val is not None:
-            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.gradient_clip_val, gradient_clip_algorithm="norm")
+        if self.hparams.grad_clip_norm is not None:
+            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip_norm, gradient_clip_algorithm="norm")
 
     def configure_optimizers(self):
         adam = dict(lr=self.hparams.lr, betas=tuple(self.hparams.betas))

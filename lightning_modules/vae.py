@@ -38,8 +38,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 
-from lightning_modules.compiling import compile_networks
 from datamodules import VALUE_RANGES
+from lightning_modules.compiling import compile_networks
 from lightning_modules.images import require_value_range, to_unit_range
 from lightning_modules.optim import total_training_steps, warmup_cosine
 from lightning_modules.rng import seeded_generator
@@ -147,7 +147,8 @@ class VAEModule(L.LightningModule):
         value_range: the data's value range: (0, 1) or (-1, 1) (Bernoulli needs (0, 1)).
         architecture: ``mlp`` (the spec's VAE on flattened pixels) or ``conv`` (``ConvVAE``, 32x32 or 64x64 images).
         latent_dim: size of z.
-        hidden_dim: mlp: width of the hidden layers (spec: 400); conv: channels of the first stage, doubled per stage.
+        hidden_dim: mlp only: width of the hidden layers (spec: 400).
+        feature_maps: conv only: channels of the first stage, doubled per stage (as the DCGAN's feature maps).
         num_hidden_layers: mlp only: hidden layers in encoder and decoder each (spec: 1).
         likelihood: ``bernoulli`` (logits, BCE) or ``gaussian`` (means, discretised Gaussian; see the module docs).
         gaussian_scale: fixed standard deviation of the Gaussian in the data's units; ``null`` learns it.
@@ -159,13 +160,13 @@ class VAEModule(L.LightningModule):
         iwae_chunk: decoder evaluations per forward pass while computing the IWAE bound (bounds memory).
         active_unit_threshold: posterior-mean variance above which a latent unit counts as active.
         traversal_dims: latent dimensions shown in the traversal panel (the most used ones; 0: no panel).
-        sample_seed: seed of the noise ``predict`` draws (combined with the rank and batch index).
+        noise_seed: seed of the noise ``predict`` draws (combined with the rank and batch index).
         compile: run the network through ``torch.compile`` (see ``lightning_modules/compiling.py``).
     """
 
     # Chosen at inference time: with --ckpt_path a typed value wins over the checkpoint's (see cli.py).
     inference_args: ClassVar[frozenset[str]] = frozenset({
-        "val_iwae_samples", "test_iwae_samples", "iwae_chunk", "active_unit_threshold", "traversal_dims", "sample_seed",
+        "val_iwae_samples", "test_iwae_samples", "iwae_chunk", "active_unit_threshold", "traversal_dims", "noise_seed",
     })
 
     def __init__(
@@ -175,6 +176,7 @@ class VAEModule(L.LightningModule):
         architecture: Literal["mlp", "conv"] = "mlp",
         latent_dim: int = 20,
         hidden_dim: int = 400,
+        feature_maps: int = 32,
         num_hidden_layers: int = 1,
         likelihood: Literal["bernoulli", "gaussian"] = "bernoulli",
         gaussian_scale: float | None = None,
@@ -188,7 +190,7 @@ class VAEModule(L.LightningModule):
         iwae_chunk: int = 4096,
         active_unit_threshold: float = 0.01,
         traversal_dims: int = 10,
-        sample_seed: int = 0,
+        noise_seed: int = 0,
         compile: bool = False,
     ) -> None:
         super().__init__()
@@ -200,7 +202,7 @@ class VAEModule(L.LightningModule):
         if architecture == "mlp":
             self.net = VAE(math.prod(image_shape), hidden_dim, latent_dim, num_hidden_layers, output_shape=image_shape)
         else:
-            self.net = ConvVAE(self.image_shape, latent_dim, hidden_dim)
+            self.net = ConvVAE(self.image_shape, latent_dim, feature_maps)
         # log of the Gaussian's standard deviation: learned (starting at 0.1) or a fixed buffer; None for Bernoulli
         if likelihood == "gaussian" and gaussian_scale is None:
             self.log_scale = torch.nn.Parameter(torch.tensor(math.log(0.1)))
@@ -361,7 +363,7 @@ class VAEModule(L.LightningModule):
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         """One prior sample per item of the batch, images in [0, 1]; the noise depends on (seed, rank, batch)."""
-        generator = seeded_generator(self.device, self.hparams.sample_seed, self.global_rank, batch_idx)
+        generator = seeded_generator(self.device, self.hparams.noise_seed, self.global_rank, batch_idx)
         return self.generate(batch[0].shape[0], generator)
 
     # ------------------------------------------------------------------------------------------- images

@@ -33,7 +33,7 @@ def images_loader(n: int = 16, shape=(1, 16, 16), batch_size: int = 8) -> DataLo
 
 
 def small_gan(cls: type[GANModule] = GANModule, **kwargs) -> GANModule:
-    args = dict(image_shape=(1, 16, 16), arch="mlp", latent_dim=8, hidden_dim=16)
+    args = dict(image_shape=(1, 16, 16), architecture="mlp", latent_dim=8, hidden_dim=16)
     return cls(**{**args, **kwargs})
 
 
@@ -116,7 +116,7 @@ class StepProbe(GANModule):
 
 def test_one_step_updates_both_and_d_step_leaves_generator_untouched():
     model = small_gan(StepProbe, ema_decay=0.5)
-    ema_init = snapshot(model.generator_ema)
+    ema_init = snapshot(model.ema)
     trainer(max_steps=2).fit(model, images_loader(n=8))  # one batch: a D step then a G step
     d_event, g_event = model.events
     assert d_event["net"] == "D" and g_event["net"] == "G"
@@ -125,9 +125,9 @@ def test_one_step_updates_both_and_d_step_leaves_generator_untouched():
     assert not same(snapshot(model.generator), model.g_init)
     assert not same(snapshot(model.discriminator), model.d_init)
     # EMA after the first generator step: the warm-up decay min(0.5, (1 + 0) / (10 + 0)) = 0.1
-    for ema, start, now in zip(model.generator_ema.parameters(), ema_init, model.generator.parameters()):
+    for ema, start, now in zip(model.ema.parameters(), ema_init, model.generator.parameters()):
         torch.testing.assert_close(ema, 0.1 * start + 0.9 * now.detach())
-    assert model.generator_ema.num_updates == 1
+    assert model.ema.num_updates == 1
 
 
 def test_d_steps_per_g_step_and_label_smoothing():
@@ -137,7 +137,7 @@ def test_d_steps_per_g_step_and_label_smoothing():
 
 
 def test_bf16_mixed_losses_are_finite():
-    model = small_gan(arch="dcgan", image_shape=(3, 32, 32), feature_maps=8)
+    model = small_gan(architecture="dcgan", image_shape=(3, 32, 32), feature_maps=8)
     t = trainer(max_steps=6, precision="bf16-mixed")
     t.fit(model, images_loader(n=24, shape=(3, 32, 32)))
     for name in ("train/d_loss", "train/g_loss", "train/d_real", "train/d_fake"):
@@ -147,7 +147,7 @@ def test_bf16_mixed_losses_are_finite():
 def test_gradient_clipping_acts_on_unscaled_16_mixed_gradients():
     """With a grad scaler (scale 65536), clipping before unscaling would leave norms ~1e-8 instead of the limit."""
     clip = 1e-3
-    model = small_gan(StepProbe, gradient_clip_val=clip)
+    model = small_gan(StepProbe, grad_clip_norm=clip)
     plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
     trainer(max_steps=2, plugins=[plugin]).fit(model, images_loader(n=8))
     for event in model.events:
@@ -167,7 +167,7 @@ def test_stock_ddp_strategy_finds_unused_parameters():
 class OptimizerStateProbe(L.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         self.states = [copy.deepcopy(opt.state_dict()) for opt in trainer.optimizers]  # before training moves them
-        self.ema = snapshot(pl_module.generator_ema)
+        self.ema = snapshot(pl_module.ema)
 
 
 def test_resume_restores_both_optimizers_and_ema(tmp_path):
@@ -188,7 +188,7 @@ def test_resume_restores_both_optimizers_and_ema(tmp_path):
             assert torch.equal(restored["state"][key]["exp_avg"], state["exp_avg"])
             assert torch.equal(restored["state"][key]["exp_avg_sq"], state["exp_avg_sq"])
             assert int(restored["state"][key]["step"]) == int(state["step"]) == 2
-    assert same(probe.ema, snapshot(first.generator_ema))
+    assert same(probe.ema, snapshot(first.ema))
     assert resumed.global_step == 8
 
 
@@ -274,7 +274,7 @@ def test_config_fit_logs_fixed_noise_sample_grids(run_cli, name, data_dir):
                   "--data.num_workers=0", *opt_in(name))
     assert cli.trainer.state.finished
     sampler = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "ImageSampler")
-    expected = {"generator", "generator_ema"} if cli.model.generator_ema is not None else {"generator"}
+    expected = {"generator", "generator_ema"} if cli.model.ema is not None else {"generator"}
     assert set(sampler.logged) == expected
     # fixed noise: the same seeded generator gives the same samples every time the sampler asks
     first, second = (cli.model.sample_images(sampler.images, torch.Generator().manual_seed(0)) for _ in range(2))

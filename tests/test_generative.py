@@ -16,9 +16,9 @@ from lightning_modules.vae import VAEModule
 FAMILIES = {
     "vae": lambda: VAEModule(image_shape=(1, 28, 28), hidden_dim=16, latent_dim=4),
     "conv_vae": lambda: VAEModule(image_shape=(3, 32, 32), value_range=(-1.0, 1.0), architecture="conv",
-                                  hidden_dim=4, latent_dim=4, likelihood="gaussian"),
+                                  feature_maps=4, latent_dim=4, likelihood="gaussian"),
     "gan": lambda: GANModule(image_shape=(1, 16, 16), latent_dim=8, hidden_dim=16),
-    "dcgan_ema": lambda: GANModule(image_shape=(3, 32, 32), arch="dcgan", latent_dim=8, feature_maps=4, ema_decay=0.9),
+    "dcgan_ema": lambda: GANModule(image_shape=(3, 32, 32), architecture="dcgan", latent_dim=8, feature_maps=4, ema_decay=0.9),
     "ddpm": lambda: DiffusionModule(image_shape=(1, 8, 8), model_channels=8, channel_mult=(1,), num_res_blocks=1,
                                     norm_groups=4, num_timesteps=10, sampling_steps=3),
 }
@@ -43,7 +43,7 @@ def test_gan_generates_from_the_ema_generator():
             p.add_(0.1)  # the trained generator moves away from its EMA copy
     z = model.noise(3, torch.Generator().manual_seed(0))
     ema = model.generate(3, torch.Generator().manual_seed(0))
-    assert torch.allclose(ema, (model.from_noise(z, model.generator_ema.module) + 1) / 2)
+    assert torch.allclose(ema, (model.from_noise(z, model.ema.module) + 1) / 2)
     assert not torch.allclose(ema, (model.from_noise(z, model.generator) + 1) / 2)
 
 

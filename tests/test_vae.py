@@ -180,7 +180,7 @@ def test_loss_decreases_on_mnist_and_beta_4_has_lower_kl(data_dir, one_thread):
 
 # ------------------------------------------------------------------------------------ precision and stages
 def test_bf16_mixed_trains_validates_tests_and_round_trips_a_checkpoint(tmp_path):
-    model = BetaVAEModule(image_shape=(3, 32, 32), value_range=(-1.0, 1.0), architecture="conv", hidden_dim=8,
+    model = BetaVAEModule(image_shape=(3, 32, 32), value_range=(-1.0, 1.0), architecture="conv", feature_maps=8,
                           latent_dim=6, likelihood="gaussian", val_iwae_samples=3, test_iwae_samples=5,
                           kl_warmup_steps=10)
     images = TensorDataset(_level_images(16, (3, 32, 32), -1, 1), torch.zeros(16))
