@@ -1,4 +1,4 @@
-"""ViT image classifier: cross-entropy, AdamW with warm-up + cosine decay, torchmetrics accuracy."""
+"""ViT image classifier (Dosovitskiy et al. 2021): cross-entropy, AdamW with warm-up + cosine decay, accuracy."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class ViTClassifier(L.LightningModule):
         normalization_mean_std: the per-channel (mean, std) the training images were standardised with; recorded in
             the checkpoint so that FID on this classifier's features (``ClassifierFeatures``) can standardise alike.
         patch_size, embed_dim, depth, num_heads, mlp_ratio, dropout, attn_dropout: the ``VisionTransformer``
-            arguments (``attn_dropout: null`` = ``dropout``, the spec; 0 keeps attention on the fused SDPA kernels).
+            arguments (``attn_dropout: null`` = ``dropout``, as in the guide, ``docs/guide.md``; 0 keeps attention on the fused SDPA kernels).
         label_smoothing: cross-entropy label smoothing in [0, 1).
         lr: peak AdamW learning rate; weight_decay: AdamW decay on weight matrices only.
         warmup_fraction: fraction of all training steps spent in linear warm-up before the cosine decay.

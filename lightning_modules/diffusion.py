@@ -1,5 +1,5 @@
-"""DDPM: a time-conditioned U-Net trained to denoise, an EMA copy of it for sampling, DDPM, DDIM and DPM-Solver++
-samplers."""
+"""DDPM (Ho et al. 2020): a time-conditioned U-Net trained to predict the noise, and an EMA copy of it that samples
+with the ancestral DDPM, DDIM (Song et al. 2021) or DPM-Solver++ (Lu et al. 2022) sampler (``docs/design.md``)."""
 
 from __future__ import annotations
 

@@ -1,34 +1,8 @@
-"""GAN / DCGAN: the alternating two-optimizer game of Goodfellow et al. (2014), written for Lightning's manual optimisation.
+"""GAN / DCGAN (Goodfellow et al. 2014; Radford et al. 2016) with Lightning's manual optimisation: per batch a
+discriminator step on real and detached fake images, then a non-saturating generator step, each with its own Adam.
 
-Per training batch (spec, Part 3):
-
-1. discriminator step: ``BCE(D(x), 1) + BCE(D(G(z).detach()), 0)`` -- real targets ``1 - label_smoothing`` (one-sided);
-2. generator step (every ``d_steps_per_g_step`` batches): the non-saturating loss ``BCE(D(G(z)), 1)``, through the
-   just-updated discriminator.
-
-Both losses are ``binary_cross_entropy_with_logits`` on the discriminator's logits, so they run under ``16-mixed`` and
-``bf16-mixed`` autocast (the spec's ``Sigmoid`` + ``BCELoss`` is refused by CUDA autocast). ``G(z)`` is computed once
-per batch and reused by both steps, as in PyTorch's DCGAN example: the spec draws a second ``z`` for the generator step,
-which costs a second generator forward and changes nothing in expectation.
-
-Design notes for Lightning's features:
-
-* **DDP.** Lightning wraps the whole LightningModule in one ``DistributedDataParallel``. The discriminator backward
-  reaches only D's parameters and the generator backward only G's, so with DDP's default ``find_unused_parameters=False``
-  the reducer waits for gradients that never come and the next step fails -- how Lightning's own GAN example breaks
-  under DDP. ``setup`` therefore turns ``find_unused_parameters`` on for any DDP strategy (the stock ``ddp`` preset
-  included): DDP then walks each loss's graph and all-reduces exactly the network being stepped. This keeps the
-  alternating game exact at no compute cost, unlike back-propagating D's loss through G or one combined backward.
-* **Noise.** Every draw of ``z`` uses a ``torch.Generator`` seeded from ``(noise_seed, rank, stream, epoch, batch)``: ranks draw
-  different noise although ``seed_everything`` gives them the same global seed, and a resumed run draws the noise the
-  uninterrupted run would have drawn.
-* **Gradient clipping** (``grad_clip_norm``) happens in ``on_before_optimizer_step``, which Lightning calls inside
-  ``optimizer.step()`` *after* the ``16-mixed`` grad scaler has unscaled the gradients; clipping in ``training_step``
-  before ``opt.step()`` would clip the scaled gradients. (``Trainer(gradient_clip_val=...)`` is refused by Lightning under
-  manual optimisation.)
-* **Checkpoints** hold both networks, both Adam states and the EMA generator, so resuming continues the same run.
-* ``trainer.global_step`` counts optimizer steps: two per batch (D and G) with ``d_steps_per_g_step=1``.
-"""
+Why it is written this way (logit losses for autocast, DDP, noise streams, clipping after AMP unscaling):
+``docs/design.md``, "GAN training"."""
 
 from __future__ import annotations
 
@@ -62,7 +36,8 @@ class GANModule(L.LightningModule):
     Args:
         image_shape: (channels, height, width) of the images.
         value_range: the data's value range; must be (-1, 1).
-        architecture: ``mlp`` (the spec's ``Generator``/``Discriminator`` on flattened images) or ``dcgan`` (32 or 64 px).
+        architecture: ``mlp`` (the guide's ``Generator``/``Discriminator``, ``docs/guide.md``, on flattened images) or
+            ``dcgan`` (32 or 64 px).
         latent_dim: size of z.
         hidden_dim: width of the MLP networks (``architecture: mlp``).
         feature_maps: base channel count of the DCGAN networks (``architecture: dcgan``).

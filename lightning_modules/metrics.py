@@ -1,18 +1,10 @@
-"""Sample quality for every generative model: FID and KID (torchmetrics) on features of a fixed network.
+"""FID (Heusel et al. 2017) and KID (Bińkowski et al. 2018) of generated images, on features of a fixed network, and
+``SampleQualityMonitor``, the callback that computes them for every generative model (``docs/design.md``).
 
-Two feature extractors, and the metric names say which one was used:
-
-- ``inception``: the standard Inception-v3 pool features (2048-d, torch-fidelity's port of the TF FID network). The
-  weights come from ``inception_weights`` when given, else from torch hub's cache
-  (``torch.hub.get_dir()/checkpoints/weights-inception-2015-12-05-6726825d.pth``), downloaded there once from
-  torch-fidelity's release, as torch-fidelity and torchmetrics do; offline, without that file, one error says where to
-  put it. Figures are comparable with published FIDs only with these features.
-- ``vit``: the class-token features of a ``ViTClassifier`` checkpoint the project trained on the same dataset
-  (e.g. ``configs/vit_mnist.yaml``). Useful where Inception weights are unavailable; comparable only with itself.
-
-Features are computed once per image and fed to both metrics; torchmetrics syncs the states across DDP ranks.
-``SampleQualityMonitor`` is the callback that runs them for every generative model.
-"""
+Features, named in the metric (``fid_inception`` / ``fid_vit``): ``inception``, the standard Inception-v3 pool
+features (torch-fidelity's port; weights from ``inception_weights`` or torch hub's cache, downloaded there once),
+the only ones comparable with published FIDs; or ``vit``, the class-token features of a ``ViTClassifier`` checkpoint
+trained on the same dataset, for offline machines, comparable only with itself."""
 
 from __future__ import annotations
 

@@ -1,31 +1,7 @@
-"""VAE and beta-VAE: the negative ELBO, importance-weighted likelihood bounds, active units, and image panels.
+"""VAE (Kingma & Welling 2014) and beta-VAE (Higgins et al. 2017): the negative ELBO with a Bernoulli or a discretised
+Gaussian likelihood, the importance-weighted bound of Burda et al. (2016), bits/dim and active latent units.
 
-Objective per image (nats), summed over pixels and latents and averaged over the batch::
-
-    loss = -E_q[log p(x|z)] + beta * KL(q(z|x) || N(0, I)),   KL = 0.5 * sum(mu^2 + sigma^2 - log sigma^2 - 1)
-
-``beta = 1`` is the VAE of Kingma & Welling (2014); ``beta > 1`` the beta-VAE of Higgins et al. (2017). The reported
-``nelbo`` is always the beta = 1 bound (reconstruction + KL), so runs with different beta compare on the same scale.
-
-Likelihoods p(x|z):
-
-* ``bernoulli`` (data in [0, 1], ``normalization: zero_one``): decoder logits through BCE-with-logits. With the spec's
-  continuous grey levels as targets (``binarize: false``, what the ~105-nat MNIST figure uses) this is the usual
-  "BCE in nats" and *not* a normalised likelihood of the data; ``binarize: true`` samples binary pixels from the grey
-  levels (dynamic binarisation, fresh each training step, fixed per batch index for evaluation), where it is one.
-* ``gaussian`` (``normalization: zero_one`` or ``minus_one_one``): the decoder gives means; the scale is fixed
-  (``gaussian_scale``) or one learned scalar (``gaussian_scale: null``, as in the sigma-VAE of Rybkin et al. 2021).
-  The Gaussian is *discretised* to the 256 levels of 8-bit pixels: every pixel value is rounded to its level k and gets
-  the Gaussian mass of its bin [x_k - h, x_k + h] (h = half a level step in the data's range; the bins of levels 0 and
-  255 extend to -inf and +inf), as in PixelCNN++. This is a normalised distribution over the actual pixel values, so
-  nats are honest log-probabilities, never positive densities, and ``bpd = nats / (D ln 2)`` with D = C*H*W and no
-  dequantisation or ln(256) correction.
-
-Evaluation: ``nelbo`` (one z per image, analytic KL), the importance-weighted bound of Burda et al. (2016) with ``k``
-samples, -log p(x) <= -log (1/k) sum_i p(x, z_i) / q(z_i|x) (``iwae_nll``; k=1 is the ELBO in expectation and it
-tightens as k grows), bits/dim where the likelihood is normalised, and the number of active latent units
-(Cov_x(E_q[z_u]) > 0.01, Burda et al. 2016) accumulated over the whole validation/test set.
-"""
+The objective, the likelihoods and the evaluation are explained in ``docs/design.md``, "VAE and β-VAE"."""
 
 from __future__ import annotations
 
@@ -145,17 +121,17 @@ class VAEModule(L.LightningModule):
     Args:
         image_shape: (channels, height, width) of the images.
         value_range: the data's value range: (0, 1) or (-1, 1) (Bernoulli needs (0, 1)).
-        architecture: ``mlp`` (the spec's VAE on flattened pixels) or ``conv`` (``ConvVAE``, 32x32 or 64x64 images).
+        architecture: ``mlp`` (the guide's VAE, ``docs/guide.md``, on flattened pixels) or ``conv`` (``ConvVAE``, 32x32 or 64x64 images).
         latent_dim: size of z.
-        hidden_dim: mlp only: width of the hidden layers (spec: 400).
+        hidden_dim: mlp only: width of the hidden layers (guide: 400).
         feature_maps: conv only: channels of the first stage, doubled per stage (as the DCGAN's feature maps).
-        num_hidden_layers: mlp only: hidden layers in encoder and decoder each (spec: 1).
+        num_hidden_layers: mlp only: hidden layers in encoder and decoder each (guide: 1).
         likelihood: ``bernoulli`` (logits, BCE) or ``gaussian`` (means, discretised Gaussian; see the module docs).
         gaussian_scale: fixed standard deviation of the Gaussian in the data's units; ``null`` learns it.
         binarize: bernoulli only: model dynamically binarised pixels instead of grey levels as targets.
-        beta: weight of the KL term (1: VAE; 4: the spec's ``BetaVAE``).
+        beta: weight of the KL term (1: VAE; 4: the guide's ``BetaVAE``).
         kl_warmup_steps: the KL weight rises linearly from ~0 to ``beta`` over this many steps (0: off).
-        lr: Adam learning rate (spec: 1e-3). lr_schedule: ``constant`` (spec) or ``cosine`` decay to 0.
+        lr: Adam learning rate (guide: 1e-3). lr_schedule: ``constant`` (guide) or ``cosine`` decay to 0.
         val_iwae_samples / test_iwae_samples: k of the IWAE bound in validation / test (0: skip it).
         iwae_chunk: decoder evaluations per forward pass while computing the IWAE bound (bounds memory).
         active_unit_threshold: posterior-mean variance above which a latent unit counts as active.
@@ -414,7 +390,7 @@ class VAEModule(L.LightningModule):
 
 
 class BetaVAEModule(VAEModule):
-    """beta-VAE (Higgins et al., ICLR 2017): ``VAEModule`` with the spec's ``BetaVAE`` default beta = 4."""
+    """beta-VAE (Higgins et al. 2017): ``VAEModule`` with the guide's ``BetaVAE`` default beta = 4."""
 
     def __init__(self, *args, beta: float = 4.0, **kwargs) -> None:
         super().__init__(*args, beta=beta, **kwargs)
