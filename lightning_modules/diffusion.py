@@ -195,7 +195,11 @@ class DiffusionModule(L.LightningModule):
         """``generate``'s images and the predictions x̂_0 at every sampling step, all in [0, 1]."""
         return self._sample(n, generator, trajectory=True)
 
-    def _sample(self, n, generator, sampler=None, num_steps=None, eta=None, trajectory=False):
+    def _sample(
+        self, n: int, generator: torch.Generator | None, sampler: Sampler | None = None, num_steps: int | None = None,
+        eta: float | None = None, trajectory: bool = False,
+    ) -> Tensor | tuple[Tensor, list[Tensor]]:
+        """What ``sample`` and ``sample_trajectory`` share: unset settings are the module's, images mapped to [0, 1]."""
         sampler = sampler or self.hparams.sampler
         if sampler != "ddpm" and num_steps is None:  # the configured steps, or the sampler's default
             num_steps = self.sampling_steps if sampler == self.hparams.sampler else self._default_steps(sampler)
