@@ -162,7 +162,8 @@ def refuse_remote(ckpt_path: str) -> None:
 
 
 # The sizes a datamodule gives the model: data.<source> -> model.init_args.<target>, linked at instantiation.
-DATA_LINKS = {"dims": "image_shape", "num_classes": "num_classes", "normalization": "normalization"}
+DATA_LINKS = {"dims": "image_shape", "num_classes": "num_classes", "value_range": "value_range",
+              "normalization_mean_std": "normalization_mean_std"}
 
 
 def _model_section_keys(section: Any) -> set[str]:

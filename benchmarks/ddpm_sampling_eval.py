@@ -52,8 +52,7 @@ def real_images(n: int, train: bool) -> torch.Tensor:
 
 
 def quality(classifier: str, n: int, real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
-    metric = SampleQuality(features="classifier", classifier_checkpoint=classifier, num_samples=n,
-                           kid_subset_size=min(100, n // 2))
+    metric = SampleQuality(features="classifier", classifier_checkpoint=classifier, kid_subset_size=min(100, n // 2))
     for i in range(0, n, 256):
         metric.update(real[i:i + 256], real=True)
         metric.update(fake[i:i + 256], real=False)
@@ -79,7 +78,7 @@ def evaluate(ckpt: Path, args) -> dict:
                 x = module.diffusion.sample(module.ema.module, shape, noise=noise[start:start + batch], generator=g,
                                             progress=False, **kwargs)
             seconds.append(time.perf_counter() - begin)
-            chunks.append(to_unit_range(x, (-1.0, 1.0)))
+            chunks.append(to_unit_range(x, module.value_range))
             print(f"{name}: images {start}-{start + len(x)} in {seconds[-1]:.1f}s", flush=True)
         samples[name] = torch.cat(chunks)
         torch.save(samples[name], out / f"samples_{name}.pt")  # for --fid-only

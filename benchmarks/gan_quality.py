@@ -38,15 +38,15 @@ def real_images(datamodule: MNISTDataModule, split: str, n: int) -> torch.Tensor
 @torch.no_grad()
 def generated(model: GANModule, network: torch.nn.Module, n: int, batch: int = 250) -> torch.Tensor:
     rng = torch.Generator().manual_seed(1234)
-    return torch.cat([model.generate(model.noise(min(batch, n - i), rng), network) for i in range(0, n, batch)])
+    return torch.cat([model.from_noise(model.noise(min(batch, n - i), rng), network) for i in range(0, n, batch)])
 
 
 @torch.no_grad()
-def score(quality: SampleQuality, real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
+def score(quality: SampleQuality, real: torch.Tensor, fake: torch.Tensor, value_range) -> dict[str, float]:
     quality.reset()
     for i in range(0, len(real), 500):
-        quality.update(crop28(to_unit_range(real[i : i + 500], (-1, 1))), real=True)
-        quality.update(crop28(to_unit_range(fake[i : i + 500], (-1, 1))), real=False)
+        quality.update(crop28(to_unit_range(real[i : i + 500], value_range)), real=True)
+        quality.update(crop28(to_unit_range(fake[i : i + 500], value_range)), real=False)
     return {k: float(v) for k, v in quality.compute().items()}
 
 
@@ -61,7 +61,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    model = GANModule.load_from_checkpoint(args.ckpt, map_location="cpu", quality_num_samples=0).eval()
+    model = GANModule.load_from_checkpoint(args.ckpt, map_location="cpu").eval()
     channels, size, _ = model.image_shape
     datamodule = MNISTDataModule(
         data_dir=os.environ.get("MODULE14_DATA_DIR"), image_size=size, normalization="minus_one_one",
@@ -70,25 +70,23 @@ def main() -> None:
     datamodule.setup("fit")
     datamodule.setup("test")
     n = args.num_samples
-    quality = SampleQuality(features="classifier", classifier_checkpoint=args.classifier, num_samples=n,
-                            kid_subset_size=min(1000, n))
+    quality = SampleQuality(features="classifier", classifier_checkpoint=args.classifier, kid_subset_size=min(1000, n))
     test = real_images(datamodule, "test", n)
 
-    rows = {"real (val) vs real (test): floor": score(quality, test, real_images(datamodule, "val", n))}
+    rows = {"real (val) vs real (test): floor": score(quality, test, real_images(datamodule, "val", n), model.value_range)}
     networks = {"generator": model.generator}
-    if model.generator_ema is not None:
-        networks["generator EMA"] = model.generator_ema
+    if model.ema is not None:
+        networks["generator EMA"] = model.ema
     for name, network in networks.items():
-        rows[f"trained {name}"] = score(quality, test, generated(model, network, n))
-    untrained = GANModule(**{**model.hparams, "quality_num_samples": 0}).eval()
-    rows["untrained generator: ceiling"] = score(quality, test, generated(untrained, untrained.generator, n))
+        rows[f"trained {name}"] = score(quality, test, generated(model, network, n), model.value_range)
+    untrained = GANModule(**model.hparams).eval()
+    rows["untrained generator: ceiling"] = score(quality, test, generated(untrained, untrained.generator, n), model.value_range)
 
-    print(f"\n{args.ckpt}: {model.hparams.arch}, {n} samples vs {n} MNIST test images, features: {quality.name}")
+    print(f"\n{args.ckpt}: {model.hparams.architecture}, {n} samples vs {n} MNIST test images, features: {quality.name}")
     for name, values in rows.items():
         print(f"{name:36s} " + "  ".join(f"{k} {v:9.4f}" for k, v in values.items()))
-    samples = generated(model, model.sampling_generator, 64)
-    save_png(image_grid(to_unit_range(samples, (-1, 1))), args.grid)
-    print(f"grid of 64 samples ({'EMA' if model.generator_ema is not None else 'raw'} generator): {args.grid}")
+    save_png(image_grid(model.generate(64, torch.Generator().manual_seed(1234))), args.grid)
+    print(f"grid of 64 samples ({'EMA' if model.ema is not None else 'raw'} generator): {args.grid}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 
 * ``spec``: the guide's ``DCGANGenerator``/``DCGANDiscriminator`` (Sigmoid outputs) and the body of its ``train_gan``
   loop (``BCELoss``, a second generator forward for the generator step), fp32 -- the spec has no mixed precision.
-* ``ours``: ``GANModule(arch="dcgan")`` inside a Lightning ``Trainer`` (hooks, logging and all) at the spec's size (64x64x3), in
+* ``ours``: ``GANModule(architecture="dcgan")`` inside a Lightning ``Trainer`` (hooks, logging and all) at the spec's size (64x64x3), in
   ``32-true`` and ``bf16-mixed``.
 
 Random images stand in for data (the step cost does not depend on the pixels). The machine may be shared, so the two run
@@ -113,7 +113,7 @@ def main() -> None:
     nets = (SpecDCGANGenerator(feature_maps=args.feature_maps), SpecDCGANDiscriminator(feature_maps=args.feature_maps))
     adam = dict(lr=2e-4, betas=(0.5, 0.999))
     optimizers = (torch.optim.Adam(nets[0].parameters(), **adam), torch.optim.Adam(nets[1].parameters(), **adam))
-    ours = GANModule(image_shape=(3, 64, 64), arch="dcgan", feature_maps=args.feature_maps)
+    ours = GANModule(image_shape=(3, 64, 64), architecture="dcgan", feature_maps=args.feature_maps)
     params = sum(p.numel() for p in ours.parameters())
     assert params == sum(p.numel() for net in nets for p in net.parameters()), "not the same networks"
 

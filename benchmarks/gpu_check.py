@@ -67,7 +67,7 @@ FAMILIES = {
 # --cpu-smoke: the same configs, shrunk through the CLI's own overrides.
 SMOKE_OVERRIDES = {
     "vit": ["--model.embed_dim=32", "--model.depth=1", "--model.num_heads=2", "--data.batch_size=4"],
-    "vae": ["--model.hidden_dim=8", "--model.latent_dim=8", "--data.batch_size=4"],
+    "vae": ["--model.feature_maps=8", "--model.latent_dim=8", "--data.batch_size=4"],
     "gan": ["--model.feature_maps=8", "--data.batch_size=4"],
     "ddpm": ["--model.init_args.model_channels=8", "--model.init_args.num_res_blocks=1",
              "--model.init_args.channel_mult=[1,2]", "--model.init_args.norm_groups=4",
@@ -314,7 +314,7 @@ def amp_check(name: str, family: str, template, datamodule, args, accelerator: s
            "grad_scale": None, "finite": None, "status": ""}
     model = copy.deepcopy(template)
     if family == "gan":
-        model.hparams.gradient_clip_val = 1.0  # clipping in on_before_optimizer_step, after the scaler's unscale
+        model.hparams.grad_clip_norm = 1.0  # clipping in on_before_optimizer_step, after the scaler's unscale
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     watcher = LossWatcher()
     n_batches = args.warmup + args.timed
@@ -369,7 +369,7 @@ def time_sampling(model, n_images: int, sampler: str, num_steps: int | None, dev
         torch.cuda.synchronize()
     start = time.perf_counter()
     with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
-        images = model.generate(n_images, generator, sampler=sampler, num_steps=num_steps)
+        images = model.sample(n_images, generator, sampler=sampler, num_steps=num_steps)
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start

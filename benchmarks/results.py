@@ -44,9 +44,17 @@ CPU_SAMPLER_IMAGES = 128  # samples per sampler on a CPU: 10k DDPM-1000 samples 
 
 
 def _mnist_fid(num_samples: int = FID_SAMPLES) -> tuple[str, ...]:
-    return ("--model.init_args.quality_features=classifier",
-            f"--model.init_args.classifier_checkpoint={MNIST_CLASSIFIER.relative_to(ROOT)}",
-            f"--model.init_args.quality_num_samples={num_samples}", "--model.init_args.kid_subset_size=1000")
+    """The FID/KID callback on the MNIST ViT's features (its flags follow ``+=``: they set the appended callback)."""
+    return ("--trainer.callbacks+=SampleQualityMonitor", "--trainer.callbacks.features=classifier",
+            f"--trainer.callbacks.classifier_checkpoint={MNIST_CLASSIFIER.relative_to(ROOT)}",
+            f"--trainer.callbacks.num_samples={num_samples}", "--trainer.callbacks.kid_subset_size=1000")
+
+
+def quality_monitor(cli):
+    """The run's ``SampleQualityMonitor`` (FID/KID), or None."""
+    from lightning_modules.metrics import SampleQualityMonitor
+
+    return next((c for c in cli.trainer.callbacks if isinstance(c, SampleQualityMonitor)), None)
 
 
 @dataclass(frozen=True)
@@ -198,13 +206,12 @@ def real_vs_real_floor(test_cli, num_samples: int) -> dict[str, float]:
 
     data = test_cli.datamodule
     data.setup("fit")
-    quality = SampleQuality(features="classifier", classifier_checkpoint=str(MNIST_CLASSIFIER),
-                            num_samples=num_samples, kid_subset_size=1000)
+    quality = SampleQuality(features="classifier", classifier_checkpoint=str(MNIST_CLASSIFIER), kid_subset_size=1000)
     seen = 0
     for (real, _), (train, _) in zip(data.test_dataloader(), data.train_dataloader()):
         take = min(len(real), len(train), num_samples - seen)
-        quality.update(to_unit_range(real[:take], (-1, 1)), real=True)
-        quality.update(to_unit_range(train[:take], (-1, 1)), real=False)
+        quality.update(to_unit_range(real[:take], data.value_range), real=True)
+        quality.update(to_unit_range(train[:take], data.value_range), real=False)
         seen += take
         if seen >= num_samples:
             break
@@ -229,9 +236,9 @@ def protocol(row: Row, test_cli, seeds: int) -> str:
              "final weights", f"{seeds} seed(s)"]
     if row.family == "gan":
         parts.append("generator: " + ("EMA" if hp.get("ema_decay") else "raw"))
-        if hp.get("quality_num_samples"):
-            parts.append(f"FID/KID: {min(hp['quality_num_samples'], len(data.test_set)):,} samples vs as many test "
-                         f"images, features of the MNIST ViT (`{MNIST_CLASSIFIER.relative_to(ROOT)}`)")
+    if (monitor := quality_monitor(test_cli)) is not None:
+        parts.append(f"FID/KID: {min(monitor.num_samples, len(data.test_set)):,} samples vs as many test images, "
+                     f"features of the MNIST ViT (`{MNIST_CLASSIFIER.relative_to(ROOT)}`)")
     if row.family == "diffusion":
         parts.append(f"evaluated with the EMA network; grid sampler {hp['sampler']} (η = {hp['ddim_eta']})")
     if row.family == "vae" and hp.get("test_iwae_samples"):
@@ -259,7 +266,7 @@ def measure(name: str, seeds: list[int]) -> dict:
         "protocol": protocol(row, test_cli, len(seeds)), "grid": grid, "grid_caption": grid_caption,
     }
     if row.family == "gan" and row.needs_classifier:
-        record["floor"] = real_vs_real_floor(test_cli, int(test_cli.model.hparams.quality_num_samples))
+        record["floor"] = real_vs_real_floor(test_cli, quality_monitor(test_cli).num_samples)
     if row.family == "diffusion" and row.needs_classifier:
         record["samplers"] = sampler_table(runs[0]["checkpoint"])
     return record

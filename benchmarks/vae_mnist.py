@@ -138,7 +138,7 @@ class EpochTimer(L.Callback):
 
 def make_ours(args: argparse.Namespace, data: MNISTDataModule) -> VAEModule:
     return VAEModule(
-        image_shape=data.dims, normalization="zero_one", latent_dim=args.latent_dim, hidden_dim=args.hidden_dim,
+        image_shape=data.dims, value_range=data.value_range, latent_dim=args.latent_dim, hidden_dim=args.hidden_dim,
         num_hidden_layers=args.num_hidden_layers, lr=args.lr, lr_schedule=args.lr_schedule,
         kl_warmup_steps=args.kl_warmup_steps, test_iwae_samples=args.iwae_samples, traversal_dims=0,
     )

@@ -2,6 +2,7 @@
 
 from datamodules.base import (
     DATA_DIR_ENV,
+    VALUE_RANGES,
     DatasetIntegrityError,
     DatasetNotFoundError,
     ImageDataModule,
@@ -21,5 +22,6 @@ __all__ = [
     "ImageDataModule",
     "MNISTDataModule",
     "UnreadableDataError",
+    "VALUE_RANGES",
     "default_data_dir",
 ]

@@ -24,6 +24,8 @@ DATA_DIR_ENV = "MODULE14_DATA_DIR"
 # What the pixels are scaled to, per use: classifiers want standardised inputs, Bernoulli VAEs [0, 1],
 # GANs (Tanh generators) and diffusion [-1, 1].
 Normalization = Literal["mean_std", "zero_one", "minus_one_one"]
+# The interval the served pixels lie in; standardised (mean_std) pixels have none common to every channel.
+VALUE_RANGES: dict[str, tuple[float, float]] = {"zero_one": (0.0, 1.0), "minus_one_one": (-1.0, 1.0)}
 Augment = Literal["none", "basic", "strong"]
 
 
@@ -163,6 +165,19 @@ class ImageDataModule(L.LightningDataModule):
         return (self.channels, self.image_size, self.image_size)
 
     @property
+    def value_range(self) -> tuple[float, float] | None:
+        """The interval the served pixels lie in: (0, 1), (-1, 1), or ``None`` for ``mean_std`` (standardised)."""
+        return VALUE_RANGES.get(self.normalization)
+
+    @property
+    def normalization_mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per-channel (mean, std) with which a pixel p in [0, 1] is served as (p - mean) / std."""
+        if self.normalization == "mean_std":
+            return tuple(self.mean), tuple(self.std)
+        low, high = VALUE_RANGES[self.normalization]
+        return ((0 - low) / (high - low),) * self.channels, (1 / (high - low),) * self.channels
+
+    @property
     def num_classes(self) -> int | None:
         """Number of classes for single-label classification, ``None`` where the dataset has no such labels."""
         return None
@@ -284,11 +299,9 @@ class ImageDataModule(L.LightningDataModule):
     # -------------------------------------------------------------------------------------------- transforms
     def _to_range(self) -> list[v2.Transform]:
         to_float = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
-        if self.normalization == "mean_std":
-            return to_float + [v2.Normalize(self.mean, self.std)]
-        if self.normalization == "minus_one_one":
-            return to_float + [v2.Normalize([0.5] * self.channels, [0.5] * self.channels)]
-        return to_float
+        if self.normalization == "zero_one":
+            return to_float
+        return to_float + [v2.Normalize(*self.normalization_mean_std)]
 
     def train_transform(self) -> v2.Transform:
         augment: list[v2.Transform] = []

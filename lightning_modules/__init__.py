@@ -13,6 +13,7 @@ from lightning_modules.classifier import ViTClassifier
 from lightning_modules.diffusion import DiffusionModule
 from lightning_modules.ema import EMA
 from lightning_modules.gan import GANModule
+from lightning_modules.metrics import SampleQualityMonitor
 from lightning_modules.vae import BetaVAEModule, VAEModule
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "ImageWriter",
     "RNGStateCheckpoint",
     "RunCheckpoint",
+    "SampleQualityMonitor",
     "SafeCheckpointIO",
     "SaveOnSignal",
     "StopOnNonFiniteLoss",

@@ -1,4 +1,4 @@
-"""ViT image classifier: cross-entropy, AdamW with warm-up + cosine decay, torchmetrics accuracy."""
+"""ViT image classifier (Dosovitskiy et al. 2021): cross-entropy, AdamW with warm-up + cosine decay, accuracy."""
 
 from __future__ import annotations
 
@@ -19,14 +19,16 @@ from networks.vit import VisionTransformer
 class ViTClassifier(L.LightningModule):
     """Vision Transformer trained with cross-entropy.
 
-    ``image_shape`` and ``num_classes`` come from the datamodule when run through the CLI. The network defaults are
+    ``image_shape``, ``num_classes`` and ``normalization_mean_std`` come from the datamodule when run through the CLI. The network defaults are
     ViT-B/16; the configs use small ViTs for MNIST and CIFAR-10.
 
     Args:
         image_shape: (channels, height, width) of the input images.
         num_classes: number of classes.
+        normalization_mean_std: the per-channel (mean, std) the training images were standardised with; recorded in
+            the checkpoint so that FID on this classifier's features (``ClassifierFeatures``) can standardise alike.
         patch_size, embed_dim, depth, num_heads, mlp_ratio, dropout, attn_dropout: the ``VisionTransformer``
-            arguments (``attn_dropout: null`` = ``dropout``, the spec; 0 keeps attention on the fused SDPA kernels).
+            arguments (``attn_dropout: null`` = ``dropout``, as in the guide, ``docs/guide.md``; 0 keeps attention on the fused SDPA kernels).
         label_smoothing: cross-entropy label smoothing in [0, 1).
         lr: peak AdamW learning rate; weight_decay: AdamW decay on weight matrices only.
         warmup_fraction: fraction of all training steps spent in linear warm-up before the cosine decay.
@@ -39,6 +41,7 @@ class ViTClassifier(L.LightningModule):
         self,
         image_shape: tuple[int, int, int] = (3, 224, 224),
         num_classes: int = 1000,
+        normalization_mean_std: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
         patch_size: int = 16,
         embed_dim: int = 768,
         depth: int = 12,

@@ -1,10 +1,9 @@
-"""DDPM: a time-conditioned U-Net trained to denoise, an EMA copy of it for sampling, DDPM, DDIM and DPM-Solver++
-samplers."""
+"""DDPM (Ho et al. 2020): a time-conditioned U-Net trained to predict the noise, and an EMA copy of it that samples
+with the ancestral DDPM, DDIM (Song et al. 2021) or DPM-Solver++ (Lu et al. 2022) sampler (``docs/design.md``)."""
 
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import ClassVar, get_args
 
 import lightning as L
@@ -12,18 +11,16 @@ import torch
 from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 
+from datamodules import VALUE_RANGES
 from lightning_modules.compiling import compile_networks
 from lightning_modules.ema import EMA
-from lightning_modules.images import to_unit_range
-from lightning_modules.metrics import FeatureChoice, SampleQuality
+from lightning_modules.images import require_value_range, to_unit_range
 from lightning_modules.optim import decay_groups
 from lightning_modules.rng import seeded_generator
 from networks.diffusion import DDPMVariance, GaussianDiffusion, Prediction, Sampler, Schedule
 from networks.unet import SimpleUNet
 
-DATA_RANGE = (-1.0, 1.0)
-
-_FID_STREAM, _PREDICT_STREAM = 0, 1  # keys of the seeded noise streams (see lightning_modules/rng.py)
+_PREDICT_STREAM = 1  # keys of the seeded noise streams (see lightning_modules/rng.py)
 DEFAULT_STEPS = {"ddim": 50, "dpm_solver": 20}  # when sampling_steps is null (capped at T); DDPM takes all T
 
 
@@ -35,7 +32,7 @@ class DiffusionModule(L.LightningModule):
 
     Args:
         image_shape: (channels, height, width), from the datamodule.
-        normalization: the data's normalization; must be ``minus_one_one`` (the process assumes data in [-1, 1]).
+        value_range: the data's value range, from the datamodule; must be (-1, 1), which the noise schedule assumes.
         model_channels, num_res_blocks, channel_mult, attention_levels, num_heads, dropout, norm_groups: the
             ``SimpleUNet`` arguments.
         num_timesteps, schedule, beta_start, beta_end, prediction: the ``GaussianDiffusion`` arguments (T, "linear"
@@ -49,27 +46,21 @@ class DiffusionModule(L.LightningModule):
             all T steps (leave null or set T).
         ddim_eta: DDIM's η (0: deterministic, 1: DDPM-like noise).
         ddpm_variance: σ² of the ancestral sampler: "posterior" (β̃_t) or "beta" (β_t).
-        sample_seed: seed of the ``predict`` noise (combined with the rank and batch index).
+        noise_seed: seed of the ``predict`` noise (combined with the rank and batch index).
         trajectory_grid: also log a grid of x̂_0 along the sampling trajectory with the sample grids.
-        fid_every_n_epochs: compute FID/KID (``SampleQuality``) every n validation epochs; 0 turns it off.
-        fid_num_samples: generated and real images per FID/KID evaluation.
-        fid_sampling_steps: DDIM steps (with ``ddim_eta``) used to generate the FID/KID images.
-        fid_features, inception_weights, classifier_checkpoint, kid_subset_size: ``SampleQuality``'s arguments.
         compile: run the trained U-Net through ``torch.compile`` (see ``lightning_modules/compiling.py``); the EMA
             copy, which samples, stays eager.
     """
 
     # Chosen at inference time: with --ckpt_path a typed value wins over the checkpoint's (see cli.py).
     inference_args: ClassVar[frozenset[str]] = frozenset({
-        "sampler", "sampling_steps", "ddim_eta", "ddpm_variance", "sample_seed", "trajectory_grid", "fid_every_n_epochs",
-        "fid_num_samples", "fid_sampling_steps", "fid_features", "inception_weights", "classifier_checkpoint",
-        "kid_subset_size",
+        "sampler", "sampling_steps", "ddim_eta", "ddpm_variance", "noise_seed", "trajectory_grid",
     })
 
     def __init__(
         self,
         image_shape: tuple[int, int, int] = (1, 32, 32),
-        normalization: str = "minus_one_one",
+        value_range: tuple[float, float] | None = VALUE_RANGES["minus_one_one"],
         model_channels: int = 64,
         num_res_blocks: int = 2,
         channel_mult: tuple[int, ...] = (1, 2, 4),
@@ -92,23 +83,14 @@ class DiffusionModule(L.LightningModule):
         sampling_steps: int | None = None,
         ddim_eta: float = 0.0,
         ddpm_variance: DDPMVariance = "posterior",
-        sample_seed: int = 0,
+        noise_seed: int = 0,
         trajectory_grid: bool = True,
-        fid_every_n_epochs: int = 0,
-        fid_num_samples: int = 1000,
-        fid_sampling_steps: int = 50,
-        fid_features: FeatureChoice = "auto",
-        inception_weights: str | None = None,
-        classifier_checkpoint: str | None = None,
-        kid_subset_size: int = 100,
         compile: bool = False,
     ) -> None:
         super().__init__()
-        if normalization != "minus_one_one":
-            raise ValueError(
-                f"DiffusionModule needs data in [-1, 1] but data.normalization is {normalization!r}; "
-                f"set data.init_args.normalization: minus_one_one."
-            )
+        self.value_range = require_value_range(
+            "DiffusionModule", value_range, "minus_one_one", "the noise schedule assumes unit-scale data"
+        )
         if num_timesteps < 1:
             raise ValueError(
                 f"model.num_timesteps={num_timesteps}: the diffusion needs T >= 1 noise levels; DDPM uses 1000."
@@ -126,13 +108,6 @@ class DiffusionModule(L.LightningModule):
                 f"model.sampling_steps={sampling_steps}: the ancestral DDPM sampler takes all T={num_timesteps} "
                 f"steps; leave sampling_steps null or use sampler: ddim."
             )
-        if fid_every_n_epochs < 0 or (fid_every_n_epochs and fid_num_samples < 2):
-            raise ValueError("fid_every_n_epochs must be >= 0 (0: off), and fid_num_samples >= 2 when it is on.")
-        if fid_every_n_epochs and not 1 <= fid_sampling_steps <= num_timesteps:
-            raise ValueError(
-                f"model.fid_sampling_steps={fid_sampling_steps} must be in [1, T={num_timesteps}]: the FID/KID images "
-                f"are DDIM samples with that many steps."
-            )
         self.save_hyperparameters()
         self.net = SimpleUNet(
             in_channels=image_shape[0], model_channels=model_channels, num_res_blocks=num_res_blocks,
@@ -141,19 +116,9 @@ class DiffusionModule(L.LightningModule):
         )
         self.ema = EMA(self.net, decay=ema_decay, warmup=ema_warmup)
         self.diffusion = GaussianDiffusion(
-            num_timesteps, schedule, beta_start, beta_end, prediction=prediction, clip_range=DATA_RANGE
+            num_timesteps, schedule, beta_start, beta_end, prediction=prediction, clip_range=self.value_range
         )
         self.sampling_steps = sampling_steps or self._default_steps(sampler)
-        # Kept out of the submodules (a plain list), so the feature network's weights stay out of our checkpoints;
-        # ``_metric`` moves it to the module's device.
-        self._quality: list[SampleQuality] = []
-        if fid_every_n_epochs:
-            self._quality.append(SampleQuality(
-                features=fid_features, inception_weights=inception_weights,
-                classifier_checkpoint=classifier_checkpoint, num_samples=fid_num_samples,
-                kid_subset_size=kid_subset_size,
-            ))
-        self._quality_real = 0  # real images fed to ``quality`` this validation epoch (this rank)
 
     def _default_steps(self, sampler: str) -> int:
         T = self.hparams.num_timesteps
@@ -165,9 +130,6 @@ class DiffusionModule(L.LightningModule):
 
     def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
         return self.net(x_t, t)
-
-    def _metric(self) -> SampleQuality:
-        return self._quality[0].to(self.device)
 
     # --------------------------------------------------------------------------------------------- training
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
@@ -199,42 +161,16 @@ class DiffusionModule(L.LightningModule):
     # ------------------------------------------------------------------------------------------- validation
     def _eval_loss(self, x0: Tensor, batch_idx: int) -> Tensor:
         """EMA network's loss with t and noise drawn from a per-batch seed: comparable across epochs."""
-        g = seeded_generator(x0.device, self.hparams.sample_seed, batch_idx)
+        g = seeded_generator(x0.device, self.hparams.noise_seed, batch_idx)
         t = torch.randint(0, self.diffusion.num_timesteps, (x0.shape[0],), device=x0.device, generator=g)
         noise = torch.randn(x0.shape, device=x0.device, generator=g)
         return self.diffusion.loss(self.ema.module, x0, t, noise)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        x0 = batch[0]
-        self.log("val/loss", self._eval_loss(x0, batch_idx), on_epoch=True, prog_bar=True, sync_dist=True)
-        if self._quality_due():
-            per_rank = math.ceil(self.hparams.fid_num_samples / self.trainer.world_size)
-            real = x0[: max(0, per_rank - self._quality_real)]
-            if len(real):
-                self._metric().update(to_unit_range(real, DATA_RANGE), real=True)
-                self._quality_real += len(real)
+        self.log("val/loss", self._eval_loss(batch[0], batch_idx), on_epoch=True, prog_bar=True, sync_dist=True)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self.log("test/loss", self._eval_loss(batch[0], batch_idx), on_epoch=True, sync_dist=True)
-
-    def _quality_due(self) -> bool:
-        every = self.hparams.fid_every_n_epochs
-        return bool(every) and not self.trainer.sanity_checking and (self.current_epoch + 1) % every == 0
-
-    def on_validation_epoch_end(self) -> None:
-        if not self._quality_due():
-            return
-        per_rank = math.ceil(self.hparams.fid_num_samples / self.trainer.world_size)
-        batch = self.trainer.datamodule.batch_size if self.trainer.datamodule is not None else 64
-        g = seeded_generator(self.device, self.hparams.sample_seed, self.global_rank, _FID_STREAM)
-        for start in range(0, per_rank, batch):
-            n = min(batch, per_rank - start)
-            fake = self.generate(n, g, sampler="ddim", num_steps=self.hparams.fid_sampling_steps)
-            self._metric().update(fake, real=False)
-        scores = self._metric().compute()
-        self.log_dict({f"val/{name}": value for name, value in scores.items()}, sync_dist=False)
-        self._metric().reset()
-        self._quality_real = 0
 
     # --------------------------------------------------------------------------------------------- sampling
     def _autocast(self):
@@ -242,31 +178,47 @@ class DiffusionModule(L.LightningModule):
         return self.trainer.precision_plugin.forward_context() if self._trainer is not None else contextlib.nullcontext()
 
     @torch.no_grad()
-    def generate(
-        self, n: int, generator: torch.Generator | None = None, sampler: str | None = None,
-        num_steps: int | None = None, eta: float | None = None, trajectory: bool = False,
+    def generate(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` images in [0, 1] from the EMA network with the configured sampler, steps and η."""
+        return self.sample(n, generator)
+
+    @torch.no_grad()
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, sampler: Sampler | None = None,
+        num_steps: int | None = None, eta: float | None = None,
+    ) -> Tensor:
+        """``n`` images in [0, 1] from the EMA network with another sampler, steps or η than the configured ones."""
+        return self._sample(n, generator, sampler, num_steps, eta)
+
+    @torch.no_grad()
+    def sample_trajectory(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, list[Tensor]]:
+        """``generate``'s images and the predictions x̂_0 at every sampling step, all in [0, 1]."""
+        return self._sample(n, generator, trajectory=True)
+
+    def _sample(
+        self, n: int, generator: torch.Generator | None, sampler: Sampler | None = None, num_steps: int | None = None,
+        eta: float | None = None, trajectory: bool = False,
     ) -> Tensor | tuple[Tensor, list[Tensor]]:
-        """``n`` images in [0, 1] from the EMA network; sampler settings default to the module's."""
+        """What ``sample`` and ``sample_trajectory`` share: unset settings are the module's, images mapped to [0, 1]."""
         sampler = sampler or self.hparams.sampler
         if sampler != "ddpm" and num_steps is None:  # the configured steps, or the sampler's default
             num_steps = self.sampling_steps if sampler == self.hparams.sampler else self._default_steps(sampler)
         with self._autocast():
             out = self.diffusion.sample(
-                self.ema.module, (n, *self.hparams.image_shape), sampler=sampler,
-                num_steps=num_steps,
+                self.ema.module, (n, *self.hparams.image_shape), sampler=sampler, num_steps=num_steps,
                 eta=self.hparams.ddim_eta if eta is None else eta, variance=self.hparams.ddpm_variance,
                 generator=generator, device=self.device, trajectory=trajectory,
             )
         if trajectory:
             images, path = out
-            return to_unit_range(images, DATA_RANGE), [to_unit_range(x0, DATA_RANGE) for x0 in path]
-        return to_unit_range(out, DATA_RANGE)
+            return to_unit_range(images, self.value_range), [to_unit_range(x0, self.value_range) for x0 in path]
+        return to_unit_range(out, self.value_range)
 
     def sample_images(self, images: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         """Grids for ``ImageSampler``: samples from fixed noise, and optionally x̂_0 along the trajectory."""
         if not self.hparams.trajectory_grid:
             return {"samples": self.generate(len(images), generator)}
-        samples, path = self.generate(len(images), generator, trajectory=True)
+        samples, path = self.sample_trajectory(len(images), generator)
         columns = torch.linspace(0, len(path) - 1, min(10, len(path))).round().long().tolist()
         rows = min(8, len(images))
         trajectory = torch.stack([path[i][:rows] for i in columns], dim=1)  # (rows, cols, C, H, W)
@@ -274,5 +226,5 @@ class DiffusionModule(L.LightningModule):
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         """One generated image per item of the batch (its pixels are ignored), in [0, 1]."""
-        generator = seeded_generator(self.device, self.hparams.sample_seed, self.global_rank, _PREDICT_STREAM, batch_idx)
+        generator = seeded_generator(self.device, self.hparams.noise_seed, self.global_rank, _PREDICT_STREAM, batch_idx)
         return self.generate(len(batch[0]), generator)

@@ -12,6 +12,7 @@ from PIL import Image
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
+from datamodules import VALUE_RANGES
 from lightning_modules.checkpointing import atomic_file
 
 
@@ -19,6 +20,21 @@ def to_unit_range(x: Tensor, value_range: tuple[float, float]) -> Tensor:
     """Map images from ``value_range`` (e.g. (-1, 1)) to [0, 1], clamped."""
     low, high = value_range
     return ((x.float() - low) / (high - low)).clamp(0.0, 1.0)
+
+
+def require_value_range(
+    model: str, value_range: tuple[float, float] | None, normalization: str, why: str
+) -> tuple[float, float]:
+    """``value_range`` (linked from the data) when it is the range of ``normalization`` data, else an error saying
+    which data flag to set."""
+    wanted = VALUE_RANGES[normalization]
+    if value_range is None or tuple(value_range) != wanted:
+        raise ValueError(
+            f"{model} needs data in [{wanted[0]:g}, {wanted[1]:g}] ({why}), but the data's value range is "
+            f"{'standardised (mean_std)' if value_range is None else list(value_range)}. Set "
+            f"data.init_args.normalization: {normalization}."
+        )
+    return wanted
 
 
 def image_grid(images: Tensor, padding: int = 2) -> Tensor:

@@ -1,34 +1,30 @@
-"""Sample quality for every generative model: FID and KID (torchmetrics) on features of a fixed network.
+"""FID (Heusel et al. 2017) and KID (Bińkowski et al. 2018) of generated images, on features of a fixed network, and
+``SampleQualityMonitor``, the callback that computes them for every generative model (``docs/design.md``).
 
-Two feature extractors, and the metric names say which one was used:
-
-- ``inception``: the standard Inception-v3 pool features (2048-d, torch-fidelity's port of the TF FID network). The
-  weights come from ``inception_weights`` when given, else from torch hub's cache
-  (``torch.hub.get_dir()/checkpoints/weights-inception-2015-12-05-6726825d.pth``), downloaded there once from
-  torch-fidelity's release, as torch-fidelity and torchmetrics do; offline, without that file, one error says where to
-  put it. Figures are comparable with published FIDs only with these features.
-- ``vit``: the class-token features of a ``ViTClassifier`` checkpoint the project trained on the same dataset
-  (e.g. ``configs/vit_mnist.yaml``). Useful where Inception weights are unavailable; comparable only with itself.
-
-Features are computed once per image and fed to both metrics; torchmetrics syncs the states across DDP ranks.
-"""
+Features, named in the metric (``fid_inception`` / ``fid_vit``): ``inception``, the standard Inception-v3 pool
+features (torch-fidelity's port; weights from ``inception_weights`` or torch hub's cache, downloaded there once),
+the only ones comparable with published FIDs; or ``vit``, the class-token features of a ``ViTClassifier`` checkpoint
+trained on the same dataset, for offline machines, comparable only with itself."""
 
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 from typing import Literal
 from urllib.error import URLError
 
+import lightning as L
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from datamodules import ImageDataModule
-from lightning_modules.registry import project_class, project_class_names
+from lightning_modules.images import to_unit_range
+from lightning_modules.rng import seeded_generator
 from networks.vit import VisionTransformer
 
 FeatureChoice = Literal["auto", "inception", "classifier"]
@@ -98,8 +94,8 @@ class InceptionFeatures(nn.Module):
 class ClassifierFeatures(nn.Module):
     """Final class-token features (B, D) of a trained ``ViTClassifier`` checkpoint, for images in [0, 1].
 
-    Images are standardised with the mean/std of the datamodule the classifier was trained on (read from the
-    checkpoint) and resized to the classifier's input size when they differ (e.g. MNIST padded to 32 px).
+    Images are standardised with the mean/std the classifier was trained with (its ``normalization_mean_std``
+    hyperparameter) and resized to the classifier's input size when they differ (e.g. MNIST padded to 32 px).
     """
 
     name = "vit"
@@ -113,14 +109,17 @@ class ClassifierFeatures(nn.Module):
             )
         ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
         hp = ckpt.get("hyper_parameters", {})
-        data_hp = ckpt.get("datamodule_hyper_parameters", {})
-        if not {"image_shape", "num_classes", "embed_dim"} <= hp.keys() or "_class_path" not in data_hp:
+        if not {"image_shape", "num_classes", "embed_dim"} <= hp.keys():
             raise ValueError(
-                f"'{checkpoint}' is not a ViTClassifier checkpoint written by module14's CLI (its hyperparameters "
-                f"lack the network or datamodule description); train the classifier with `module14 fit`."
+                f"'{checkpoint}' is not a ViTClassifier checkpoint written by module14 (its hyperparameters lack the "
+                f"network's description); train the classifier with `module14 fit --config configs/vit_mnist.yaml`."
             )
-        if data_hp.get("normalization", "mean_std") != "mean_std":
-            raise ValueError(f"'{checkpoint}' was trained on {data_hp['normalization']} inputs; expected mean_std.")
+        if hp.get("normalization_mean_std") is None:
+            raise ValueError(
+                f"'{checkpoint}' does not record the mean/std its images were standardised with "
+                f"(normalization_mean_std; checkpoints of module14 before it was linked from the data lack it). "
+                f"Train the classifier again with `module14 fit` (e.g. configs/vit_mnist.yaml, 4 CPU minutes)."
+            )
         channels, size, _ = hp["image_shape"]
         self.net = VisionTransformer(
             img_size=size, patch_size=hp["patch_size"], in_channels=channels, num_classes=hp["num_classes"],
@@ -130,9 +129,9 @@ class ClassifierFeatures(nn.Module):
         state = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
         self.net.load_state_dict(state)
         self.net.eval().requires_grad_(False)
-        datamodule = _datamodule_class(data_hp["_class_path"], checkpoint)
-        self.register_buffer("mean", torch.tensor(datamodule.mean).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(datamodule.std).view(1, -1, 1, 1))
+        mean, std = hp["normalization_mean_std"]
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         self.channels, self.size = channels, size
         self.num_features = hp["embed_dim"]
 
@@ -148,18 +147,6 @@ class ClassifierFeatures(nn.Module):
         if images.shape[-1] != self.size:
             images = F.interpolate(images.float(), size=(self.size, self.size), mode="bilinear", antialias=True)
         return self.net.forward_features((images.float() - self.mean) / self.std)
-
-
-def _datamodule_class(class_path: str, checkpoint: str) -> type:
-    """The module14 datamodule a classifier checkpoint names, looked up by name: the file never chooses an import."""
-    datamodule = project_class(class_path, ImageDataModule)
-    if datamodule is None:
-        raise ValueError(
-            f"'{checkpoint}' was trained on a datamodule '{class_path}' that is not one of module14's "
-            f"({', '.join(project_class_names(ImageDataModule))}); its normalisation is unknown. Use a classifier "
-            f"trained with `module14 fit` on one of them."
-        )
-    return datamodule
 
 
 class _Precomputed(nn.Module):
@@ -181,7 +168,6 @@ class SampleQuality(nn.Module):
             ``inception_weights`` is given, else the classifier: never a download).
         inception_weights: local path of the FID Inception weights; unset, torch hub's cached copy (downloaded once).
         classifier_checkpoint: a ViTClassifier checkpoint trained on the same dataset.
-        num_samples: how many generated images (and real ones) to compare, over all ranks; the model generates them.
         kid_subset_size: KID subset size (lowered to the sample count if fewer are available).
 
     ``update(images, real)`` takes images in [0, 1]; ``compute()`` returns ``{"fid_<features>", "kid_<features>",
@@ -193,7 +179,6 @@ class SampleQuality(nn.Module):
         features: FeatureChoice = "auto",
         inception_weights: str | None = None,
         classifier_checkpoint: str | None = None,
-        num_samples: int = 1000,
         kid_subset_size: int = 100,
     ) -> None:
         super().__init__()
@@ -210,10 +195,7 @@ class SampleQuality(nn.Module):
                 + ": a ViTClassifier checkpoint trained on the same dataset (e.g. from configs/vit_mnist.yaml), or "
                 "features: inception (the standard FID network). Or turn the metrics off."
             )
-        if num_samples < 2:
-            raise ValueError(f"num_samples={num_samples}: FID/KID need at least 2 samples.")
         self.name = self.extractor.name
-        self.num_samples = num_samples
         self.kid_subset_size = kid_subset_size
         self.fid = FrechetInceptionDistance(feature=_Precomputed(self.extractor.num_features))
         self.kid = KernelInceptionDistance(feature=_Precomputed(self.extractor.num_features), subset_size=kid_subset_size)
@@ -233,3 +215,95 @@ class SampleQuality(nn.Module):
     def reset(self) -> None:
         self.fid.reset()
         self.kid.reset()
+
+
+class SampleQualityMonitor(Callback):
+    """FID (Heusel et al. 2017) and KID (Bińkowski et al. 2018) of a generative model's ``generate(n, generator)``
+    samples against the validation images (every ``every_n_epochs`` epochs) and the test images (``test``).
+
+    Logs ``val/`` or ``test/`` + ``fid_<features>``, ``kid_<features>`` and ``kid_std_<features>``. The feature
+    network belongs to this callback, not to the model, so it is never saved in a checkpoint.
+
+    Args:
+        num_samples: real and as many generated images compared, over all ranks (each rank takes its share of the
+            validation/test batches; torchmetrics gathers the statistics).
+        every_n_epochs: evaluate at every n-th validation epoch.
+        features, inception_weights, classifier_checkpoint, kid_subset_size: see ``SampleQuality``.
+        seed: seed of the generated images' noise (with the rank): the same noise at every evaluation.
+    """
+
+    def __init__(
+        self,
+        num_samples: int = 1000,
+        every_n_epochs: int = 1,
+        features: FeatureChoice = "auto",
+        inception_weights: str | None = None,
+        classifier_checkpoint: str | None = None,
+        kid_subset_size: int = 100,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if num_samples < 2 or every_n_epochs < 1:
+            raise ValueError(
+                f"SampleQualityMonitor(num_samples={num_samples}, every_n_epochs={every_n_epochs}): FID/KID need "
+                f"num_samples >= 2 and every_n_epochs >= 1. To turn them off, leave the callback out."
+            )
+        self.num_samples, self.every_n_epochs, self.seed = num_samples, every_n_epochs, seed
+        self._settings = dict(features=features, inception_weights=inception_weights,
+                              classifier_checkpoint=classifier_checkpoint, kid_subset_size=kid_subset_size)
+        self.metric: SampleQuality | None = None  # built in setup: loading the feature network can fail clearly there
+        self.seen = 0  # real images this rank fed to the metric in this evaluation
+        self._active = False
+        self._noise: torch.Generator | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not callable(getattr(pl_module, "generate", None)):
+            raise TypeError(
+                f"SampleQualityMonitor needs a generative model with generate(n, generator); {type(pl_module).__name__} "
+                f"has none. Remove SampleQualityMonitor from trainer.callbacks for this model."
+            )
+        if self.metric is None:
+            self.metric = SampleQuality(**self._settings)
+        self.metric.to(pl_module.device)
+
+    def _start(self, trainer: L.Trainer, pl_module: L.LightningModule, active: bool) -> None:
+        self._active, self.seen = active, 0
+        self._noise = seeded_generator(pl_module.device, self.seed, trainer.global_rank)
+        self.metric.reset()
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        due = (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        self._start(trainer, pl_module, due and not trainer.sanity_checking)
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start(trainer, pl_module, True)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._update(trainer, pl_module, batch)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._update(trainer, pl_module, batch)
+
+    def _update(self, trainer: L.Trainer, pl_module: L.LightningModule, batch) -> None:
+        """This rank's share: up to ceil(num_samples / world_size) real images and as many generated ones."""
+        per_rank = math.ceil(self.num_samples / trainer.world_size)
+        real = batch[0] if isinstance(batch, (list, tuple)) else batch
+        take = min(len(real), per_rank - self.seen)
+        if not self._active or take <= 0:
+            return
+        self.seen += take
+        self.metric.update(to_unit_range(real[:take], pl_module.value_range), real=True)
+        self.metric.update(pl_module.generate(take, self._noise), real=False)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._log(pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._log(pl_module, "test")
+
+    def _log(self, pl_module: L.LightningModule, stage: str) -> None:
+        if self._active:
+            values = self.metric.compute()  # synchronised across ranks by torchmetrics
+            pl_module.log_dict({f"{stage}/{name}": value for name, value in values.items()})
+            self.metric.reset()
+        self._active = False

@@ -1,31 +1,7 @@
-"""VAE and beta-VAE: the negative ELBO, importance-weighted likelihood bounds, active units, and image panels.
+"""VAE (Kingma & Welling 2014) and beta-VAE (Higgins et al. 2017): the negative ELBO with a Bernoulli or a discretised
+Gaussian likelihood, the importance-weighted bound of Burda et al. (2016), bits/dim and active latent units.
 
-Objective per image (nats), summed over pixels and latents and averaged over the batch::
-
-    loss = -E_q[log p(x|z)] + beta * KL(q(z|x) || N(0, I)),   KL = 0.5 * sum(mu^2 + sigma^2 - log sigma^2 - 1)
-
-``beta = 1`` is the VAE of Kingma & Welling (2014); ``beta > 1`` the beta-VAE of Higgins et al. (2017). The reported
-``nelbo`` is always the beta = 1 bound (reconstruction + KL), so runs with different beta compare on the same scale.
-
-Likelihoods p(x|z):
-
-* ``bernoulli`` (data in [0, 1], ``normalization: zero_one``): decoder logits through BCE-with-logits. With the spec's
-  continuous grey levels as targets (``binarize: false``, what the ~105-nat MNIST figure uses) this is the usual
-  "BCE in nats" and *not* a normalised likelihood of the data; ``binarize: true`` samples binary pixels from the grey
-  levels (dynamic binarisation, fresh each training step, fixed per batch index for evaluation), where it is one.
-* ``gaussian`` (``normalization: zero_one`` or ``minus_one_one``): the decoder gives means; the scale is fixed
-  (``gaussian_scale``) or one learned scalar (``gaussian_scale: null``, as in the sigma-VAE of Rybkin et al. 2021).
-  The Gaussian is *discretised* to the 256 levels of 8-bit pixels: every pixel value is rounded to its level k and gets
-  the Gaussian mass of its bin [x_k - h, x_k + h] (h = half a level step in the data's range; the bins of levels 0 and
-  255 extend to -inf and +inf), as in PixelCNN++. This is a normalised distribution over the actual pixel values, so
-  nats are honest log-probabilities, never positive densities, and ``bpd = nats / (D ln 2)`` with D = C*H*W and no
-  dequantisation or ln(256) correction.
-
-Evaluation: ``nelbo`` (one z per image, analytic KL), the importance-weighted bound of Burda et al. (2016) with ``k``
-samples, -log p(x) <= -log (1/k) sum_i p(x, z_i) / q(z_i|x) (``iwae_nll``; k=1 is the ELBO in expectation and it
-tightens as k grows), bits/dim where the likelihood is normalised, and the number of active latent units
-(Cov_x(E_q[z_u]) > 0.01, Burda et al. 2016) accumulated over the whole validation/test set.
-"""
+The objective, the likelihoods and the evaluation are explained in ``docs/design.md``, "VAE and β-VAE"."""
 
 from __future__ import annotations
 
@@ -38,14 +14,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 
+from datamodules import VALUE_RANGES
 from lightning_modules.compiling import compile_networks
-from lightning_modules.images import to_unit_range
+from lightning_modules.images import require_value_range, to_unit_range
 from lightning_modules.optim import total_training_steps, warmup_cosine
 from lightning_modules.rng import seeded_generator
 from lightning_modules.step_logging import RunningMeans, logger_writes_this_step
 from networks.vae import ConvVAE, GaussianLatentAutoencoder, VAE
 
-VALUE_RANGES = {"zero_one": (0.0, 1.0), "minus_one_one": (-1.0, 1.0)}
 TRAIN_TERMS = ("loss", "recon", "kl", "nelbo")
 LOG_2PI = math.log(2 * math.pi)
 
@@ -137,7 +113,7 @@ class ActiveUnits(Metric):
 class VAEModule(L.LightningModule):
     """VAE / beta-VAE trained on the negative ELBO, evaluated with ELBO, IWAE bound and bits/dim.
 
-    ``image_shape`` and ``normalization`` come from the datamodule when run through the CLI.
+    ``image_shape`` and ``value_range`` come from the datamodule when run through the CLI.
 
     Logged (nats per image; ``train/*`` per step and epoch, ``val/*`` and ``test/*`` per epoch, synced across ranks):
     ``loss`` (the beta-weighted objective), ``recon`` (-log p(x|z)), ``kl``, ``nelbo`` (recon + kl: the negative
@@ -146,37 +122,39 @@ class VAEModule(L.LightningModule):
 
     Args:
         image_shape: (channels, height, width) of the images.
-        normalization: the data's range: ``zero_one`` or ``minus_one_one`` (Bernoulli needs ``zero_one``).
-        architecture: ``mlp`` (the spec's VAE on flattened pixels) or ``conv`` (``ConvVAE``, 32x32 or 64x64 images).
+        value_range: the data's value range: (0, 1) or (-1, 1) (Bernoulli needs (0, 1)).
+        architecture: ``mlp`` (the guide's VAE, ``docs/guide.md``, on flattened pixels) or ``conv`` (``ConvVAE``, 32x32 or 64x64 images).
         latent_dim: size of z.
-        hidden_dim: mlp: width of the hidden layers (spec: 400); conv: channels of the first stage, doubled per stage.
-        num_hidden_layers: mlp only: hidden layers in encoder and decoder each (spec: 1).
+        hidden_dim: mlp only: width of the hidden layers (guide: 400).
+        feature_maps: conv only: channels of the first stage, doubled per stage (as the DCGAN's feature maps).
+        num_hidden_layers: mlp only: hidden layers in encoder and decoder each (guide: 1).
         likelihood: ``bernoulli`` (logits, BCE) or ``gaussian`` (means, discretised Gaussian; see the module docs).
         gaussian_scale: fixed standard deviation of the Gaussian in the data's units; ``null`` learns it.
         binarize: bernoulli only: model dynamically binarised pixels instead of grey levels as targets.
-        beta: weight of the KL term (1: VAE; 4: the spec's ``BetaVAE``).
+        beta: weight of the KL term (1: VAE; 4: the guide's ``BetaVAE``).
         kl_warmup_steps: the KL weight rises linearly from ~0 to ``beta`` over this many steps (0: off).
-        lr: Adam learning rate (spec: 1e-3). lr_schedule: ``constant`` (spec) or ``cosine`` decay to 0.
+        lr: Adam learning rate (guide: 1e-3). lr_schedule: ``constant`` (guide) or ``cosine`` decay to 0.
         val_iwae_samples / test_iwae_samples: k of the IWAE bound in validation / test (0: skip it).
         iwae_chunk: decoder evaluations per forward pass while computing the IWAE bound (bounds memory).
         active_unit_threshold: posterior-mean variance above which a latent unit counts as active.
         traversal_dims: latent dimensions shown in the traversal panel (the most used ones; 0: no panel).
-        sample_seed: seed of the noise ``predict`` draws (combined with the rank and batch index).
+        noise_seed: seed of the noise ``predict`` draws (combined with the rank and batch index).
         compile: run the network through ``torch.compile`` (see ``lightning_modules/compiling.py``).
     """
 
     # Chosen at inference time: with --ckpt_path a typed value wins over the checkpoint's (see cli.py).
     inference_args: ClassVar[frozenset[str]] = frozenset({
-        "val_iwae_samples", "test_iwae_samples", "iwae_chunk", "active_unit_threshold", "traversal_dims", "sample_seed",
+        "val_iwae_samples", "test_iwae_samples", "iwae_chunk", "active_unit_threshold", "traversal_dims", "noise_seed",
     })
 
     def __init__(
         self,
         image_shape: tuple[int, int, int] = (1, 28, 28),
-        normalization: str = "zero_one",
+        value_range: tuple[float, float] | None = VALUE_RANGES["zero_one"],
         architecture: Literal["mlp", "conv"] = "mlp",
         latent_dim: int = 20,
         hidden_dim: int = 400,
+        feature_maps: int = 32,
         num_hidden_layers: int = 1,
         likelihood: Literal["bernoulli", "gaussian"] = "bernoulli",
         gaussian_scale: float | None = None,
@@ -190,19 +168,19 @@ class VAEModule(L.LightningModule):
         iwae_chunk: int = 4096,
         active_unit_threshold: float = 0.01,
         traversal_dims: int = 10,
-        sample_seed: int = 0,
+        noise_seed: int = 0,
         compile: bool = False,
     ) -> None:
         super().__init__()
-        self._check_config(normalization, architecture, num_hidden_layers, likelihood, gaussian_scale, binarize, beta)
+        self._check_config(architecture, num_hidden_layers, likelihood, gaussian_scale, binarize, beta)
         self.save_hyperparameters()
         self.image_shape = tuple(image_shape)
-        self.value_range = VALUE_RANGES[normalization]
+        self.value_range = self._checked_range(value_range, likelihood)
         self.net: GaussianLatentAutoencoder
         if architecture == "mlp":
             self.net = VAE(math.prod(image_shape), hidden_dim, latent_dim, num_hidden_layers, output_shape=image_shape)
         else:
-            self.net = ConvVAE(self.image_shape, latent_dim, hidden_dim)
+            self.net = ConvVAE(self.image_shape, latent_dim, feature_maps)
         # log of the Gaussian's standard deviation: learned (starting at 0.1) or a fixed buffer; None for Bernoulli
         if likelihood == "gaussian" and gaussian_scale is None:
             self.log_scale = torch.nn.Parameter(torch.tensor(math.log(0.1)))
@@ -217,17 +195,21 @@ class VAEModule(L.LightningModule):
         self.example_input_array = torch.zeros(2, *image_shape)
 
     @staticmethod
-    def _check_config(normalization, architecture, num_hidden_layers, likelihood, gaussian_scale, binarize, beta) -> None:
-        if likelihood == "bernoulli" and normalization != "zero_one":
-            raise ValueError(
-                f"a Bernoulli decoder models pixels in [0, 1] but the data are normalised with '{normalization}': set "
-                f"data.init_args.normalization: zero_one, or model.init_args.likelihood: gaussian."
+    def _checked_range(value_range: tuple[float, float] | None, likelihood: str) -> tuple[float, float]:
+        if likelihood == "bernoulli":
+            return require_value_range(
+                "a Bernoulli decoder", value_range, "zero_one", "it models pixels as probabilities; or set "
+                "model.init_args.likelihood: gaussian"
             )
-        if normalization not in VALUE_RANGES:
+        if value_range is None:
             raise ValueError(
-                f"a Gaussian VAE needs pixels in a known range, got normalization '{normalization}': set "
-                f"data.init_args.normalization to zero_one or minus_one_one."
+                "a Gaussian VAE needs pixels in a known range, but the data are standardised (mean_std): set "
+                "data.init_args.normalization to zero_one or minus_one_one."
             )
+        return tuple(value_range)
+
+    @staticmethod
+    def _check_config(architecture, num_hidden_layers, likelihood, gaussian_scale, binarize, beta) -> None:
         if binarize and likelihood != "bernoulli":
             raise ValueError("binarize=true only applies to the Bernoulli likelihood: set model.init_args.binarize: false.")
         if gaussian_scale is not None and (likelihood != "gaussian" or gaussian_scale <= 0):
@@ -261,9 +243,10 @@ class VAEModule(L.LightningModule):
             return torch.sigmoid(output.float())
         return to_unit_range(output, self.value_range)
 
-    def generate(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
-        """Images in [0, 1] decoded from z ~ N(0, I): (num_samples, C, H, W)."""
-        return self.to_images(self.net.decode(self.net.prior_sample(num_samples, generator)))
+    @torch.no_grad()
+    def generate(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` images (n, C, H, W) in [0, 1]: the decoder's means for z ~ N(0, I) drawn with ``generator``."""
+        return self.to_images(self.net.decode(self.net.prior_sample(n, generator)))
 
     def targets(self, x: Tensor, batch_idx: int | None = None) -> Tensor:
         """What the likelihood models: the pixels, or with ``binarize`` binary pixels drawn from the grey levels.
@@ -371,7 +354,7 @@ class VAEModule(L.LightningModule):
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         """One prior sample per item of the batch, images in [0, 1]; the noise depends on (seed, rank, batch)."""
-        generator = seeded_generator(self.device, self.hparams.sample_seed, self.global_rank, batch_idx)
+        generator = seeded_generator(self.device, self.hparams.noise_seed, self.global_rank, batch_idx)
         return self.generate(batch[0].shape[0], generator)
 
     # ------------------------------------------------------------------------------------------- images
@@ -422,7 +405,7 @@ class VAEModule(L.LightningModule):
 
 
 class BetaVAEModule(VAEModule):
-    """beta-VAE (Higgins et al., ICLR 2017): ``VAEModule`` with the spec's ``BetaVAE`` default beta = 4."""
+    """beta-VAE (Higgins et al. 2017): ``VAEModule`` with the guide's ``BetaVAE`` default beta = 4."""
 
     def __init__(self, *args, beta: float = 4.0, **kwargs) -> None:
         super().__init__(*args, beta=beta, **kwargs)

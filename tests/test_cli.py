@@ -32,7 +32,8 @@ def test_every_config_fits_one_batch(run_cli, config):
 def test_fit_checkpoint_then_validate_and_predict(run_cli, tmp_path, vit_checkpoint):
     hparams = torch.load(vit_checkpoint, weights_only=True)["hyper_parameters"]
     assert hparams["image_shape"] == (1, 28, 28) and hparams["num_classes"] == 10  # linked from the datamodule
-    assert "normalization" not in hparams  # a link ViTClassifier does not take is not recorded
+    assert "value_range" not in hparams  # a link ViTClassifier does not take is not recorded
+    assert hparams["normalization_mean_std"] == ((0.1307,), (0.3081,))  # what FID on its features standardises with
 
     val = run_cli("validate", "--config", "configs/vit_mnist.yaml", *TINY_VIT, *CSV_LOGGER,
                   "--trainer.limit_val_batches=2", f"--ckpt_path={vit_checkpoint}")

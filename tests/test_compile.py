@@ -20,7 +20,7 @@ FAMILIES = {  # tiny models, and the networks each compiles
     "vit": (lambda c: ViTClassifier((1, 28, 28), 10, patch_size=7, embed_dim=32, depth=1, num_heads=2, compile=c),
             ["net"]),
     "vae": (lambda c: VAEModule((1, 28, 28), hidden_dim=16, latent_dim=4, compile=c), ["net"]),
-    "gan": (lambda c: GANModule((1, 32, 32), arch="dcgan", feature_maps=8, ema_decay=0.9, compile=c),
+    "gan": (lambda c: GANModule((1, 32, 32), architecture="dcgan", feature_maps=8, ema_decay=0.9, compile=c),
             ["generator", "discriminator"]),
     "diffusion": (lambda c: DiffusionModule((1, 32, 32), model_channels=8, channel_mult=(1, 2), norm_groups=4,
                                             compile=c), ["net"]),
@@ -74,9 +74,9 @@ def test_compiled_gan_checkpoint_resumes_eagerly_and_loads_back_into_a_compiled_
     assert resumed.trainer.global_step == 8
     assert not resumed.model.hparams.compile and resumed.model.generator._compiled_call_impl is None
     saved = torch.load(checkpoint, weights_only=True)["state_dict"]
-    assert list(resumed.model.state_dict()) == list(saved)  # generator_ema.* included
-    assert not torch.equal(resumed.model.generator_ema.module.model[0].weight,
-                           saved["generator_ema.module.model.0.weight"])  # the EMA kept moving after the resume
+    assert list(resumed.model.state_dict()) == list(saved)  # ema.* included
+    assert not torch.equal(resumed.model.ema.module.model[0].weight,
+                           saved["ema.module.model.0.weight"])  # the EMA kept moving after the resume
 
     # And an eager run's weights load strictly into a compiled model, which generates the same images.
     model = GANModule.load_from_checkpoint(checkpoint, compile=True)
@@ -84,7 +84,7 @@ def test_compiled_gan_checkpoint_resumes_eagerly_and_loads_back_into_a_compiled_
     model.load_state_dict(resumed.model.state_dict())
     z = torch.randn(4, model.hparams.latent_dim)
     model.eval(), resumed.model.eval()
-    torch.testing.assert_close(model.generate(z, model.generator), resumed.model.generate(z, resumed.model.generator),
+    torch.testing.assert_close(model.from_noise(z, model.generator), resumed.model.from_noise(z, resumed.model.generator),
                                rtol=1e-4, atol=1e-5)
 
 

@@ -56,6 +56,25 @@ def test_fit_test_predict_through_the_console_script(tmp_path, family):
                                                                                  "grid.png"]
 
 
+def test_fid_is_switched_on_and_sized_from_the_command_line_for_fit_and_test(tmp_path, vit_checkpoint):
+    config, shrink = FAMILIES["gan"]
+    args = ["--config", config, *shrink, *SMALL_RUN, "--trainer.logger=CSVLogger",
+            "--trainer.logger.init_args.save_dir=runs"]
+    fid = ["--trainer.callbacks+=SampleQualityMonitor", "--trainer.callbacks.num_samples=12",
+           f"--trainer.callbacks.classifier_checkpoint={vit_checkpoint}", "--trainer.callbacks.kid_subset_size=4"]
+    ok(module14("fit", *args, *fid, "--trainer.limit_train_batches=2", "--trainer.max_epochs=1", cwd=tmp_path))
+    (metrics,) = tmp_path.glob("runs/**/metrics.csv")
+    with open(metrics) as f:
+        assert any(row.get("val/fid_vit") for row in csv.DictReader(f))
+    (last,) = tmp_path.glob("runs/**/checkpoints/last.ckpt")
+    on = module14("test", *args, *fid, f"--ckpt_path={last}", cwd=tmp_path)
+    ok(on)
+    assert "test/fid_vit" in on.stdout and "test/kid_vit" in on.stdout
+    off = module14("test", *args, f"--ckpt_path={last}", cwd=tmp_path)  # without the callback: no FID
+    ok(off)
+    assert "test/d_loss" in off.stdout and "test/fid_vit" not in off.stdout
+
+
 def test_failures_exit_non_zero_with_a_message_and_no_traceback(tmp_path):
     bad_key = module14("fit", "--config", "configs/vit_mnist.yaml", "--model.embed_dimm=64", cwd=tmp_path)
     assert bad_key.returncode == 2 and "embed_dimm" in bad_key.stderr

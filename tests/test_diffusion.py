@@ -296,9 +296,10 @@ def test_ema_update_math():
         EMA(net, decay=1.0)
 
 
-def test_wrong_normalization_is_rejected():
-    with pytest.raises(ValueError, match="minus_one_one"):
-        tiny_module(normalization="zero_one")
+def test_data_outside_minus_one_one_is_rejected_naming_the_data_flag():
+    for value_range in ((0.0, 1.0), None):
+        with pytest.raises(ValueError, match="Set data.init_args.normalization: minus_one_one"):
+            tiny_module(value_range=value_range)
 
 
 def test_sampler_settings_default_and_are_validated():
@@ -338,10 +339,10 @@ def test_predict_writes_pngs(run_cli, tmp_path, sampler, steps):
 def test_fid_kid_logged_at_validation_end_with_classifier_features(run_cli, vit_checkpoint):
     cli = run_cli("fit", "--config", "configs/ddpm_mnist.yaml", *FAST, "--trainer.max_epochs=1",
                   "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=2",
-                  "--model.init_args.fid_every_n_epochs=1", "--model.init_args.fid_num_samples=6",
-                  "--model.init_args.fid_sampling_steps=2", f"--model.init_args.classifier_checkpoint={vit_checkpoint}")
+                  "--trainer.callbacks+=SampleQualityMonitor", "--trainer.callbacks.num_samples=6",
+                  f"--trainer.callbacks.classifier_checkpoint={vit_checkpoint}")
     metrics = cli.trainer.callback_metrics
     assert torch.isfinite(metrics["val/fid_vit"]) and torch.isfinite(metrics["val/kid_vit"])
     assert metrics["val/fid_vit"] > 0
     saved = torch.load(cli.trainer.checkpoint_callback.last_model_path, weights_only=False)["state_dict"]
-    assert not any(key.startswith("_quality") or "extractor" in key for key in saved)  # feature net not saved
+    assert set(saved) == set(cli.model.state_dict())  # the feature network is the callback's, not saved

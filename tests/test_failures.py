@@ -123,16 +123,18 @@ def test_unusable_checkpoint_through_the_console_script(tmp_path, vit_checkpoint
     assert "Traceback" not in result.stderr
 
 
-def test_feature_classifier_never_imports_the_datamodule_its_checkpoint_names(tmp_path, vit_checkpoint):
+def test_feature_classifier_reads_its_normalisation_from_the_checkpoint_and_imports_nothing(tmp_path, vit_checkpoint):
     from lightning_modules.metrics import ClassifierFeatures
 
     checkpoint = torch.load(vit_checkpoint, weights_only=True)
-    assert ClassifierFeatures(str(vit_checkpoint)).mean.numel() == 1  # MNISTDataModule found by name
     checkpoint["datamodule_hyper_parameters"]["_class_path"] = "this.MNISTDataModule"
     torch.save(checkpoint, tmp_path / "other.ckpt")
-    with pytest.raises(ValueError, match=r"datamodule 'this.MNISTDataModule' that is not one of module14's"):
-        ClassifierFeatures(str(tmp_path / "other.ckpt"))
-    assert "this" not in sys.modules
+    features = ClassifierFeatures(str(tmp_path / "other.ckpt"))
+    assert features.mean.flatten().tolist() == pytest.approx([0.1307]) and "this" not in sys.modules
+    del checkpoint["hyper_parameters"]["normalization_mean_std"]  # a checkpoint from before it was recorded
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    with pytest.raises(ValueError, match="does not record the mean/std"):
+        ClassifierFeatures(str(tmp_path / "old.ckpt"))
 
 
 # --- settings checked before any work: exit 1, one paragraph naming the key, the value and the fix ---------------
@@ -147,9 +149,16 @@ SETTINGS = {
                    "model.ddim_eta=5.0 must be in [0, 1]"),
     "num_timesteps_0": (["fit", "--config", "configs/ddpm_mnist.yaml", "--model.init_args.num_timesteps=0"],
                         "model.num_timesteps=0: the diffusion needs T >= 1"),
-    "fid_sampling_steps_over_T": (["fit", "--config", "configs/ddpm_mnist.yaml", "--model.init_args.num_timesteps=10",
-                                   "--model.init_args.fid_every_n_epochs=1"],
-                                  "model.fid_sampling_steps=50 must be in [1, T=10]"),
+    "fid_one_sample": (["fit", "--config", "configs/ddpm_mnist.yaml", "--trainer.callbacks+=SampleQualityMonitor",
+                        "--trainer.callbacks.num_samples=1"],
+                       "SampleQualityMonitor(num_samples=1, every_n_epochs=1): FID/KID need num_samples >= 2"),
+    "gan_on_zero_one_data": (["fit", "--config", "configs/gan_mnist.yaml", "--data.init_args.normalization=zero_one"],
+                             "GANModule needs data in [-1, 1] (the generator's Tanh), but the data's value range is "
+                             "[0.0, 1.0]. Set data.init_args.normalization: minus_one_one."),
+    "vae_on_standardised_data": (["fit", "--config", "configs/vae_mnist.yaml",
+                                  "--data.init_args.normalization=mean_std"],
+                                 "but the data's value range is standardised (mean_std). Set "
+                                 "data.init_args.normalization: zero_one."),
     "image_sampler_0_images": (["fit", "--config", "configs/ddpm_mnist.yaml", "--trainer.callbacks+=ImageSampler",
                                 "--trainer.callbacks.init_args.num_images=0"],
                                "ImageSampler(num_images=0, every_n_epochs=1): both must be >= 1"),

@@ -149,8 +149,8 @@ def test_typed_model_args_reads_flags_later_configs_and_model_yaml(tmp_path):
     later = tmp_path / "later.yaml"
     later.write_text("model:\n  init_args:\n    ddim_eta: 0.5\n")
     argv = ["predict", "--config", "first.yaml", "--model.init_args.sampler=ddpm", "--model.sampling_steps", "3",
-            "-c", str(later), "--model", "{init_args: {sample_seed: 7}}", "--data.batch_size=2"]
-    assert typed_model_args(argv) == {"sampler", "sampling_steps", "ddim_eta", "sample_seed"}
+            "-c", str(later), "--model", "{init_args: {noise_seed: 7}}", "--data.batch_size=2"]
+    assert typed_model_args(argv) == {"sampler", "sampling_steps", "ddim_eta", "noise_seed"}
 
 
 def test_inference_args_are_init_args_of_their_module():

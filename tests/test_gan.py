@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from conftest import opt_in, predict_folder
 
 from lightning_modules.gan import GANModule
+from lightning_modules.metrics import SampleQualityMonitor
 from networks.gan import DCGANDiscriminator, DCGANGenerator, Discriminator, Generator
 from networks.vit import VisionTransformer
 
@@ -32,7 +33,7 @@ def images_loader(n: int = 16, shape=(1, 16, 16), batch_size: int = 8) -> DataLo
 
 
 def small_gan(cls: type[GANModule] = GANModule, **kwargs) -> GANModule:
-    args = dict(image_shape=(1, 16, 16), arch="mlp", latent_dim=8, hidden_dim=16)
+    args = dict(image_shape=(1, 16, 16), architecture="mlp", latent_dim=8, hidden_dim=16)
     return cls(**{**args, **kwargs})
 
 
@@ -89,7 +90,7 @@ def test_dcgan_rejects_unsupported_size():
 
 def test_gan_needs_minus_one_one_data():
     with pytest.raises(ValueError, match="minus_one_one"):
-        small_gan(normalization="zero_one")
+        small_gan(value_range=(0.0, 1.0))
 
 
 # ------------------------------------------------------------------------------------------------ training step
@@ -115,7 +116,7 @@ class StepProbe(GANModule):
 
 def test_one_step_updates_both_and_d_step_leaves_generator_untouched():
     model = small_gan(StepProbe, ema_decay=0.5)
-    ema_init = snapshot(model.generator_ema)
+    ema_init = snapshot(model.ema)
     trainer(max_steps=2).fit(model, images_loader(n=8))  # one batch: a D step then a G step
     d_event, g_event = model.events
     assert d_event["net"] == "D" and g_event["net"] == "G"
@@ -124,9 +125,9 @@ def test_one_step_updates_both_and_d_step_leaves_generator_untouched():
     assert not same(snapshot(model.generator), model.g_init)
     assert not same(snapshot(model.discriminator), model.d_init)
     # EMA after the first generator step: the warm-up decay min(0.5, (1 + 0) / (10 + 0)) = 0.1
-    for ema, start, now in zip(model.generator_ema.parameters(), ema_init, model.generator.parameters()):
+    for ema, start, now in zip(model.ema.parameters(), ema_init, model.generator.parameters()):
         torch.testing.assert_close(ema, 0.1 * start + 0.9 * now.detach())
-    assert model.generator_ema.num_updates == 1
+    assert model.ema.num_updates == 1
 
 
 def test_d_steps_per_g_step_and_label_smoothing():
@@ -136,7 +137,7 @@ def test_d_steps_per_g_step_and_label_smoothing():
 
 
 def test_bf16_mixed_losses_are_finite():
-    model = small_gan(arch="dcgan", image_shape=(3, 32, 32), feature_maps=8)
+    model = small_gan(architecture="dcgan", image_shape=(3, 32, 32), feature_maps=8)
     t = trainer(max_steps=6, precision="bf16-mixed")
     t.fit(model, images_loader(n=24, shape=(3, 32, 32)))
     for name in ("train/d_loss", "train/g_loss", "train/d_real", "train/d_fake"):
@@ -146,7 +147,7 @@ def test_bf16_mixed_losses_are_finite():
 def test_gradient_clipping_acts_on_unscaled_16_mixed_gradients():
     """With a grad scaler (scale 65536), clipping before unscaling would leave norms ~1e-8 instead of the limit."""
     clip = 1e-3
-    model = small_gan(StepProbe, gradient_clip_val=clip)
+    model = small_gan(StepProbe, grad_clip_norm=clip)
     plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
     trainer(max_steps=2, plugins=[plugin]).fit(model, images_loader(n=8))
     for event in model.events:
@@ -166,7 +167,7 @@ def test_stock_ddp_strategy_finds_unused_parameters():
 class OptimizerStateProbe(L.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         self.states = [copy.deepcopy(opt.state_dict()) for opt in trainer.optimizers]  # before training moves them
-        self.ema = snapshot(pl_module.generator_ema)
+        self.ema = snapshot(pl_module.ema)
 
 
 def test_resume_restores_both_optimizers_and_ema(tmp_path):
@@ -187,7 +188,7 @@ def test_resume_restores_both_optimizers_and_ema(tmp_path):
             assert torch.equal(restored["state"][key]["exp_avg"], state["exp_avg"])
             assert torch.equal(restored["state"][key]["exp_avg_sq"], state["exp_avg_sq"])
             assert int(restored["state"][key]["step"]) == int(state["step"]) == 2
-    assert same(probe.ema, snapshot(first.generator_ema))
+    assert same(probe.ema, snapshot(first.ema))
     assert resumed.global_step == 8
 
 
@@ -196,7 +197,7 @@ def tiny_vit_checkpoint(path: Path, channels: int = 1, size: int = 28) -> Path:
     """A checkpoint in the layout the CLI writes for a ViTClassifier (untrained: the plumbing is what is tested)."""
     patch = 7 if size % 7 == 0 else 4
     hp = dict(image_shape=(channels, size, size), num_classes=10, patch_size=patch, embed_dim=16, depth=1,
-              num_heads=2, mlp_ratio=2.0)
+              num_heads=2, mlp_ratio=2.0, normalization_mean_std=((0.5,) * channels, (0.25,) * channels))
     net = VisionTransformer(img_size=size, patch_size=patch, in_channels=channels, num_classes=10, embed_dim=16,
                             depth=1, num_heads=2, mlp_ratio=2.0)
     torch.save({
@@ -209,16 +210,18 @@ def tiny_vit_checkpoint(path: Path, channels: int = 1, size: int = 28) -> Path:
 
 def test_fid_kid_logged_at_validation_end_and_kept_out_of_checkpoints(tmp_path):
     ckpt = tiny_vit_checkpoint(tmp_path / "vit.ckpt", size=16)
-    model = small_gan(quality_num_samples=12, classifier_checkpoint=str(ckpt), kid_subset_size=6)
-    t = trainer(max_epochs=1, limit_val_batches=3, num_sanity_val_steps=0)
+    model = small_gan()
+    monitor = SampleQualityMonitor(num_samples=12, classifier_checkpoint=str(ckpt), kid_subset_size=6)
+    t = trainer(max_epochs=1, limit_val_batches=3, num_sanity_val_steps=0, callbacks=[monitor])
     t.fit(model, images_loader(n=16), images_loader(n=24))  # 3 val batches of 8: only 12 images may be used
     for name in ("val/fid_vit", "val/kid_vit"):
         assert torch.isfinite(t.callback_metrics[name]), name
-    assert model._quality_seen == 12
+    assert monitor.seen == 12
     t.save_checkpoint(tmp_path / "gan.ckpt")
-    state = torch.load(tmp_path / "gan.ckpt", weights_only=False)["state_dict"]
-    assert not any(k.startswith("quality.") for k in state)
-    plain = GANModule.load_from_checkpoint(tmp_path / "gan.ckpt", quality_num_samples=0)  # loads without metrics
+    saved = torch.load(tmp_path / "gan.ckpt", weights_only=False)
+    assert set(saved["state_dict"]) == set(model.state_dict())  # the feature network is the callback's
+    assert not any("extractor" in str(state) for state in saved["callbacks"].values())
+    plain = GANModule.load_from_checkpoint(tmp_path / "gan.ckpt")  # loads without the callback
     assert torch.equal(plain.generator.model[0].weight, model.generator.model[0].weight)
 
 
@@ -243,8 +246,9 @@ def test_two_process_ddp_run_ends_with_identical_weights_and_metrics(tmp_path, d
         "--trainer.strategy=ddp", "--trainer.precision=32-true", "--trainer.max_steps=8",
         "--trainer.val_check_interval=4", "--trainer.limit_val_batches=2", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
         "--trainer.callbacks=[]", "--trainer.enable_progress_bar=false", "--data.batch_size=16",
-        "--data.num_workers=0", "--model.hidden_dim=32", "--model.quality_num_samples=32",
-        f"--model.classifier_checkpoint={vit}", "--model.kid_subset_size=8",
+        "--data.num_workers=0", "--model.hidden_dim=32", "--trainer.callbacks+=SampleQualityMonitor",
+        "--trainer.callbacks.num_samples=32", f"--trainer.callbacks.classifier_checkpoint={vit}",
+        "--trainer.callbacks.kid_subset_size=8",
     ]
     script = tmp_path / "ddp_run.py"
     script.write_text(textwrap.dedent(DDP_SCRIPT.format(root=str(ROOT), args=args, out=str(tmp_path))))
@@ -270,7 +274,7 @@ def test_config_fit_logs_fixed_noise_sample_grids(run_cli, name, data_dir):
                   "--data.num_workers=0", *opt_in(name))
     assert cli.trainer.state.finished
     sampler = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "ImageSampler")
-    expected = {"generator", "generator_ema"} if cli.model.generator_ema is not None else {"generator"}
+    expected = {"generator", "generator_ema"} if cli.model.ema is not None else {"generator"}
     assert set(sampler.logged) == expected
     # fixed noise: the same seeded generator gives the same samples every time the sampler asks
     first, second = (cli.model.sample_images(sampler.images, torch.Generator().manual_seed(0)) for _ in range(2))

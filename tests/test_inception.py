@@ -44,7 +44,7 @@ def hub(tmp_path, monkeypatch):
 
 def test_offline_without_cached_weights_names_the_file_the_url_and_the_cache_path(hub):
     with pytest.raises(FileNotFoundError) as err:
-        metrics.SampleQuality(features="inception", num_samples=10)
+        metrics.SampleQuality(features="inception")
     message = str(err.value)
     assert "weights-inception-2015-12-05-6726825d.pth" in message
     assert metrics.INCEPTION_URL in message
@@ -55,7 +55,7 @@ def test_offline_without_cached_weights_names_the_file_the_url_and_the_cache_pat
 def test_cached_weights_are_found_and_used_without_a_download(hub):
     hub.parent.mkdir(parents=True)
     hub.write_bytes(b"fake weights")
-    quality = metrics.SampleQuality(features="inception", num_samples=10)
+    quality = metrics.SampleQuality(features="inception")
     assert FakeInception.weights_paths == [str(hub)]
     quality.update(torch.rand(4, 3, 32, 32), real=True)
     quality.update(torch.rand(4, 3, 32, 32), real=False)

@@ -154,7 +154,7 @@ class _Recorder(L.Callback):
 
 def test_training_terms_are_logged_on_the_loggers_steps_and_averaged_over_the_epoch(tmp_path):
     """Step values only where the logger writes (every log_every_n_steps); the epoch mean covers every batch."""
-    model = VAEModule(image_shape=(1, 28, 28), normalization="zero_one", hidden_dim=16, latent_dim=4, traversal_dims=0)
+    model = VAEModule(image_shape=(1, 28, 28), hidden_dim=16, latent_dim=4, traversal_dims=0)
     loader = DataLoader(TensorDataset(_level_images(40, (1, 28, 28)), torch.zeros(40)), batch_size=8)  # 5 batches
     recorder = _Recorder()
     logger = CSVLogger(tmp_path)
@@ -198,7 +198,7 @@ def test_loss_decreases_on_mnist_and_beta_4_has_lower_kl(data_dir, one_thread):
 
 # ------------------------------------------------------------------------------------ precision and stages
 def test_bf16_mixed_trains_validates_tests_and_round_trips_a_checkpoint(tmp_path):
-    model = BetaVAEModule(image_shape=(3, 32, 32), normalization="minus_one_one", architecture="conv", hidden_dim=8,
+    model = BetaVAEModule(image_shape=(3, 32, 32), value_range=(-1.0, 1.0), architecture="conv", feature_maps=8,
                           latent_dim=6, likelihood="gaussian", val_iwae_samples=3, test_iwae_samples=5,
                           kl_warmup_steps=10)
     images = TensorDataset(_level_images(16, (3, 32, 32), -1, 1), torch.zeros(16))
@@ -249,8 +249,8 @@ def test_binarize_draws_binary_targets_fixed_per_evaluation_batch():
 @pytest.mark.parametrize(
     "kwargs, key",
     [
-        (dict(normalization="minus_one_one"), "normalization"),
-        (dict(normalization="mean_std", likelihood="gaussian"), "normalization"),
+        (dict(value_range=(-1.0, 1.0)), "Set data.init_args.normalization: zero_one"),
+        (dict(value_range=None, likelihood="gaussian"), "normalization to zero_one or minus_one_one"),
         (dict(likelihood="gaussian", binarize=True), "binarize"),
         (dict(gaussian_scale=0.1), "gaussian_scale"),
         (dict(beta=0.0), "beta"),
@@ -271,7 +271,7 @@ def test_config_fast_dev_run_logs_panels_and_linked_sizes(run_cli, name):
     assert torch.isfinite(cli.trainer.callback_metrics["val/nelbo"])
     # the linked sizes are in the hyperparameters, so checkpoints rebuild the same model (also for BetaVAEModule)
     assert tuple(cli.model.hparams.image_shape) == tuple(cli.datamodule.dims)
-    assert cli.model.hparams.normalization == cli.datamodule.normalization
+    assert tuple(cli.model.hparams.value_range) == cli.datamodule.value_range
 
 
 def test_predict_writes_the_requested_number_of_pngs(run_cli, tmp_path):
