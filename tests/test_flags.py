@@ -159,3 +159,29 @@ def test_inference_args_are_init_args_of_their_module():
 
     for module in (BetaVAEModule, DiffusionModule, GANModule, VAEModule, ViTClassifier):
         assert module.inference_args <= _init_parameters(module), module.__name__
+
+
+# A tiny ViT for two training steps, through the console script: enough to see that the run happened.
+TWO_STEPS = ["--config", "configs/vit_mnist.yaml", *TINY_VIT, "--trainer.max_steps=2", "--trainer.limit_val_batches=1",
+             "--data.init_args.num_workers=0", "--trainer.enable_model_summary=false"]
+
+
+def test_progress_bar_flag_wins_over_the_configs_progress_bar_callback(tmp_path):
+    result = ok(module14("fit", *TWO_STEPS, "--trainer.enable_progress_bar=false", cwd=tmp_path))
+    assert "trainer.enable_progress_bar=false: dropped the config's RichProgressBar callback" in result.stderr
+    assert "Epoch 0/" not in result.stdout + result.stderr  # no progress bar drawn
+    assert list(tmp_path.glob("runs/module14/*/checkpoints/last.ckpt"))
+
+
+def test_logger_false_drops_the_callbacks_that_need_a_logger(tmp_path):
+    result = ok(module14("fit", *TWO_STEPS, "--trainer.logger=false", cwd=tmp_path))
+    assert "trainer.logger=false: dropped the config's LearningRateMonitor callback (it needs a logger)" in result.stderr
+    assert (tmp_path / "checkpoints/last.ckpt").is_file()  # no logger: the trainer's default_root_dir
+    assert not (tmp_path / "runs").exists()
+
+
+def test_logger_typed_without_its_save_dir_writes_under_runs(tmp_path):
+    result = ok(module14("fit", *TWO_STEPS, "--trainer.logger=CSVLogger", cwd=tmp_path))
+    assert "CSVLogger writes under runs/ (--trainer.logger.init_args.save_dir chooses)" in result.stderr
+    assert (tmp_path / "runs/lightning_logs/version_0/metrics.csv").is_file()
+    assert (tmp_path / "runs/lightning_logs/version_0/checkpoints/last.ckpt").is_file()
