@@ -25,13 +25,14 @@ import torch
 import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import DeviceStatsMonitor, LearningRateMonitor, ProgressBar
-from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback, _InstantiatorFn
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, SaveConfigCallback
 from lightning.pytorch.plugins import TorchCheckpointIO
 from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import lightning_modules  # noqa: F401  (registers the model classes for --model ShortName)
+from compat import CLIHooks, ParserBeforeValidation
 from lightning_modules.callbacks import (
     NonFiniteLossError,
     RNGStateCheckpoint,
@@ -84,20 +85,6 @@ def _init_parameters(class_type: type) -> set[str]:
         if not any(p.kind is p.VAR_KEYWORD for p in parameters):
             break
     return names
-
-
-class _OwnParametersInstantiator(_InstantiatorFn):
-    """Records only the links the instantiated class accepts in its hyperparameters.
-
-    jsonargparse skips a link whose target the chosen class lacks (``num_classes`` for a VAE), but Lightning still
-    records it in the checkpoint's hyperparameters, and ``test --ckpt_path`` / ``load_from_checkpoint`` then fail
-    with "unexpected keyword argument". Filtering here keeps checkpoints loadable.
-    """
-
-    def __call__(self, class_type: type, *args, applied_instantiation_links: dict, **kwargs):
-        accepted = _init_parameters(class_type)
-        links = {k: v for k, v in applied_instantiation_links.items() if k.rsplit(".", 1)[-1] in accepted}
-        return super().__call__(class_type, *args, applied_instantiation_links=links, **kwargs)
 
 
 class CheckpointError(ValueError):
@@ -259,18 +246,16 @@ def _default_logger_save_dir(config: Namespace) -> None:
                      f"(--trainer.logger.init_args.save_dir chooses)")
 
 
-class Module14Parser(LightningArgumentParser):
+class Module14Parser(ParserBeforeValidation):
     """The CLI's parser: a ``data.data_dir`` left null is the data root actually used (``$MODULE14_DATA_DIR`` or
     ``./data``, resolved), so ``--print_config`` and the saved ``config.yaml`` record where the data came from; a
     logger typed without the ``save_dir`` it requires writes under ``runs/``."""
 
-    def _parse_common(self, cfg: Namespace, *args, **kwargs) -> Namespace:
-        # jsonargparse's last step before it validates the config and --print_config prints it.
+    def before_validation(self, cfg: Namespace) -> None:
         for config in [cfg, *(cfg.get(name) for name in ("fit", "validate", "test", "predict"))]:
             if isinstance(config, Namespace):
                 _record_data_dir(config)
                 _default_logger_save_dir(config)
-        return super()._parse_common(cfg, *args, **kwargs)
 
 
 # Callbacks that Lightning refuses in a trainer without a logger: what they measure goes to the logger.
@@ -297,7 +282,7 @@ def callbacks_the_flags_allow(trainer: Namespace) -> list:
     return callbacks
 
 
-class Module14CLI(LightningCLI):
+class Module14CLI(CLIHooks):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # A link whose target the chosen model lacks is skipped, so every family shares these.
         for source, target in DATA_LINKS.items():
@@ -320,7 +305,7 @@ class Module14CLI(LightningCLI):
         init_args = (self.config[subcommand] if subcommand else self.config).model.get("init_args") or Namespace()
         self._typed_values = {key: init_args.get(key) for key in self._typed_model_args}
 
-    def _parse_ckpt_path(self) -> None:
+    def merge_checkpoint_config(self) -> None:
         """Refuse remote, unreadable and other-model checkpoints with a clear message, then take its hyperparameters as
         the defaults of what the user did not type.
 
@@ -514,26 +499,26 @@ class Module14CLI(LightningCLI):
         if self.trainer.is_global_zero:
             print(run_summary(self.trainer), file=sys.stderr)
 
-    def _run_subcommand(self, subcommand: str) -> None:
+    def subcommand_error(self, subcommand: str, err: Exception) -> Exception | None:
         """A checkpoint whose weights do not fit the model (a missing key, a wrong shape) is a ``CheckpointError``."""
-        try:
-            super()._run_subcommand(subcommand)
-        except RuntimeError as err:
-            if not str(err).startswith("Error(s) in loading state_dict"):
-                raise
-            problems = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
-            details = problems[0][:300] + (f"; and {len(problems) - 1} more" if len(problems) > 1 else "")
-            raise CheckpointError(
-                f"the weights in checkpoint '{self.config[subcommand].get('ckpt_path')}' do not fit the model the config "
-                f"builds ({details}). Use the config the checkpoint was trained with (saved as config.yaml beside it)."
-            ) from err
+        if not (isinstance(err, RuntimeError) and str(err).startswith("Error(s) in loading state_dict")):
+            return None
+        problems = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+        details = problems[0][:300] + (f"; and {len(problems) - 1} more" if len(problems) > 1 else "")
+        return CheckpointError(
+            f"the weights in checkpoint '{self.config[subcommand].get('ckpt_path')}' do not fit the model the config "
+            f"builds ({details}). Use the config the checkpoint was trained with (saved as config.yaml beside it)."
+        )
 
-    def _add_instantiators(self) -> None:
-        for key, base, subclasses in (
-            ("model", self._model_class, self.subclass_mode_model),
-            ("data", self._datamodule_class, self.subclass_mode_data),
-        ):
-            self.parser.add_instantiator(_OwnParametersInstantiator(cli=self, key=key), base, subclasses=subclasses)
+    def instantiation_links(self, class_type: type, links: dict) -> dict:
+        """Only the links ``class_type`` accepts are recorded in its hyperparameters.
+
+        jsonargparse skips a link whose target the chosen class lacks (``num_classes`` for a VAE), but Lightning still
+        records it in the checkpoint's hyperparameters, and ``test --ckpt_path`` / ``load_from_checkpoint`` then fail
+        with "unexpected keyword argument". Filtering here keeps checkpoints loadable.
+        """
+        accepted = _init_parameters(class_type)
+        return {k: v for k, v in links.items() if k.rsplit(".", 1)[-1] in accepted}
 
 
 # Errors whose message says what is wrong and how to fix it: the console script prints the message, not a traceback.

@@ -18,6 +18,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 from conftest import opt_in, predict_folder
 
+from compat import ddp_kwargs
 from lightning_modules.gan import GANModule
 from networks.gan import DCGANDiscriminator, DCGANGenerator, Discriminator, Generator
 from networks.vit import VisionTransformer
@@ -157,9 +158,9 @@ def test_stock_ddp_strategy_finds_unused_parameters():
     """Each backward reaches one network: under any DDP strategy the reducer must look for unused parameters."""
     model = small_gan()
     model.trainer = trainer(devices=2, strategy="ddp")  # built, never launched: setup() runs before DDP wraps the model
-    assert not model.trainer.strategy._ddp_kwargs.get("find_unused_parameters", False)
+    assert not ddp_kwargs(model.trainer.strategy).get("find_unused_parameters", False)
     model.setup("fit")
-    assert model.trainer.strategy._ddp_kwargs["find_unused_parameters"] is True
+    assert ddp_kwargs(model.trainer.strategy)["find_unused_parameters"] is True
 
 
 # ------------------------------------------------------------------------------------------------------ resume
