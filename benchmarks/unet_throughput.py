@@ -20,10 +20,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from networks.spec_simple_unet import SpecSimpleUNet  # noqa: E402
 from networks.unet import SimpleUNet  # noqa: E402
-from spec_simple_unet import SpecSimpleUNet  # noqa: E402
 
 MODELS = {
     "spec SimpleUNet() (t ignored)": lambda: SpecSimpleUNet(),

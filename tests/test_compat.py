@@ -14,6 +14,7 @@ import torch.nn as nn
 from lightning.pytorch.strategies import DDPStrategy
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision.datasets import CIFAR10
+from conftest import cpu_trainer
 
 import compat
 
@@ -45,8 +46,7 @@ class TinyData(L.LightningDataModule):
 
 def tiny_trainer(tmp_path: Path, **kwargs) -> L.Trainer:
     """Two training steps (one epoch of ``TinyData``), without validation."""
-    return L.Trainer(accelerator="cpu", devices=1, max_epochs=1, max_steps=2, limit_val_batches=0, logger=False,
-                     enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path, **kwargs)
+    return cpu_trainer(max_epochs=1, max_steps=2, limit_val_batches=0, default_root_dir=tmp_path, **kwargs)
 
 
 QUIET_FIT = ["--trainer.accelerator=cpu", "--trainer.max_steps=1", "--trainer.logger=false",
@@ -194,7 +194,7 @@ class RecordingLast(compat.LastCheckpointHooks):
 def test_last_checkpoint_hooks(tmp_path):
     """``ModelCheckpoint._save_last_checkpoint`` / ``_monitor_candidates`` / ``_should_save_on_train_epoch_end``."""
     callback = RecordingLast(dirpath=tmp_path / "checkpoints", save_last=True)
-    trainer = tiny_trainer(tmp_path, callbacks=[callback])
+    trainer = tiny_trainer(tmp_path, callbacks=[callback], enable_checkpointing=True)
     trainer.fit(TinyModel(width=3), TinyData())
     assert callback.saved_at == [2]  # Lightning's own save of last.ckpt went through the hook
     assert callback.saves_on_train_epoch_end(trainer) is True  # no validation: saves at the train epoch end

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import copy
-import os
-import subprocess
-import sys
-import textwrap
+import functools
+import math
 from pathlib import Path
 
 import lightning as L
@@ -16,14 +14,13 @@ import torch
 from lightning.pytorch.plugins import MixedPrecision
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
-from conftest import opt_in, predict_folder
+from conftest import (PER_RANK_BUFFERS, ROOT, cpu_trainer, launch_ddp, opt_in, predict_folder, rank_state,
+                      record_rank_state)
 
 from compat import ddp_kwargs
 from lightning_modules.gan import GANModule
 from networks.gan import DCGANDiscriminator, DCGANGenerator, Discriminator, Generator
 from networks.vit import VisionTransformer
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def images_loader(n: int = 16, shape=(1, 16, 16), batch_size: int = 8) -> DataLoader:
@@ -37,12 +34,7 @@ def small_gan(cls: type[GANModule] = GANModule, **kwargs) -> GANModule:
     return cls(**{**args, **kwargs})
 
 
-def trainer(**kwargs) -> L.Trainer:
-    args = dict(
-        accelerator="cpu", devices=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
-    )
-    return L.Trainer(**{**args, **kwargs})
+trainer = functools.partial(cpu_trainer, limit_val_batches=0)  # GAN steps, without validation unless asked
 
 
 def snapshot(module: torch.nn.Module) -> list[torch.Tensor]:
@@ -224,44 +216,26 @@ def test_fid_kid_logged_at_validation_end_and_kept_out_of_checkpoints(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------------- DDP
-DDP_SCRIPT = """
-import sys, torch
-sys.path.insert(0, {root!r})
-from cli import build_cli
-cli = build_cli(args={args!r}, run=False)
-cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-params = {{name: p.detach().clone() for name, p in cli.model.named_parameters()}}
-params["fid"] = cli.trainer.callback_metrics["val/fid_vit"]
-torch.save(params, {out!r} + f"/rank{{cli.trainer.global_rank}}.pt")
-"""
-
-
 def test_two_process_ddp_run_ends_with_identical_weights_and_metrics(tmp_path, data_dir):
     """gan_mnist on 2 gloo processes for 4 batches, then one validation with FID/KID synchronised across ranks."""
     vit = tiny_vit_checkpoint(tmp_path / "vit.ckpt")
-    args = [
-        "--config", str(ROOT / "configs" / "gan_mnist.yaml"), "--trainer.accelerator=cpu", "--trainer.devices=2",
-        "--trainer.strategy=ddp", "--trainer.precision=32-true", "--trainer.max_steps=8",
-        "--trainer.val_check_interval=4", "--trainer.limit_val_batches=2", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
-        "--trainer.callbacks=[]", "--trainer.enable_progress_bar=false", "--data.batch_size=16",
-        "--data.num_workers=0", "--model.hidden_dim=32", "--model.quality_num_samples=32",
-        f"--model.classifier_checkpoint={vit}", "--model.kid_subset_size=8",
-    ]
-    script = tmp_path / "ddp_run.py"
-    script.write_text(textwrap.dedent(DDP_SCRIPT.format(root=str(ROOT), args=args, out=str(tmp_path))))
-    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "LOCAL_RANK",
-                                                             "NODE_RANK", "RANK")}
-    env = {**env, "PYTHONPATH": str(ROOT), "MODULE14_DATA_DIR": str(data_dir), "WANDB_MODE": "offline"}
-    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=240)
-    assert result.returncode == 0, result.stderr[-3000:]
-    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
-    assert rank0.keys() == rank1.keys()
-    for name in rank0:
-        assert torch.equal(rank0[name], rank1[name]), name  # weights, and the FID both ranks computed together
-    assert torch.isfinite(rank0["fid"])
+    launch_ddp(
+        tmp_path, "fit", "--config", str(ROOT / "configs" / "gan_mnist.yaml"), "--trainer.accelerator=cpu",
+        "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.precision=32-true", "--trainer.max_steps=8",
+        "--trainer.val_check_interval=4", "--trainer.limit_val_batches=2", "--trainer.logger=false",
+        "--trainer.enable_checkpointing=false", "--trainer.callbacks=[]", "--trainer.enable_progress_bar=false",
+        "--data.batch_size=16", "--data.num_workers=0", "--model.hidden_dim=32", "--model.quality_num_samples=32",
+        f"--model.classifier_checkpoint={vit}", "--model.kid_subset_size=8", *record_rank_state(tmp_path),
+        timeout=240,
+    )
+    rank0, rank1 = (rank_state(tmp_path, "fit", r) for r in (0, 1))
+    assert rank0["state"].keys() == rank1["state"].keys()
+    for name in (name for name in rank0["state"] if not name.endswith(PER_RANK_BUFFERS)):
+        assert torch.equal(rank0["state"][name], rank1["state"][name]), name  # weights (and EMA), not BatchNorm stats
+    assert rank0["metrics"]["val/fid_vit"] == rank1["metrics"]["val/fid_vit"]  # the FID both ranks computed together
+    assert math.isfinite(rank0["metrics"]["val/fid_vit"])
     init = GANModule(image_shape=(1, 28, 28), hidden_dim=32)  # trained weights differ from any fresh init
-    assert not torch.equal(rank0["generator.model.0.weight"], init.generator.model[0].weight)
+    assert not torch.equal(rank0["state"]["generator.model.0.weight"], init.generator.model[0].weight)
 
 
 # ------------------------------------------------------------------------------------------ CLI: configs, predict

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 from torch.utils.data import DataLoader, TensorDataset
-from conftest import opt_in, predict_folder
+from conftest import cpu_trainer, opt_in, predict_folder
 
 from datamodules import MNISTDataModule
 from lightning_modules.vae import (
@@ -24,12 +24,6 @@ from networks.vae import VAE, ConvVAE, reparameterize
 
 # Every config's fast_dev_run is in test_cli.py; these two cover both networks, likelihoods and module classes.
 PANEL_CONFIGS = ["vae_mnist", "betavae_celeba"]
-
-
-def _trainer(**kwargs) -> L.Trainer:
-    defaults = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                    enable_model_summary=False)
-    return L.Trainer(**(defaults | kwargs))
 
 
 def _level_images(n: int, shape: tuple[int, int, int], low: float = 0.0, high: float = 1.0) -> torch.Tensor:
@@ -169,7 +163,7 @@ def test_loss_decreases_on_mnist_and_beta_4_has_lower_kl(data_dir, one_thread):
         L.seed_everything(0)
         model = VAEModule(hidden_dim=200, latent_dim=10, beta=beta)
         recorder = _Recorder()
-        _trainer(max_steps=200, limit_val_batches=0, callbacks=[recorder]).fit(model, train_dataloaders=data)
+        cpu_trainer(max_steps=200, limit_val_batches=0, callbacks=[recorder]).fit(model, train_dataloaders=data)
         with torch.no_grad():
             kls[beta] = gaussian_kl(*model.net.encode(probe)).mean().item()
         losses[beta] = recorder.losses
@@ -185,7 +179,7 @@ def test_bf16_mixed_trains_validates_tests_and_round_trips_a_checkpoint(tmp_path
                           kl_warmup_steps=10)
     images = TensorDataset(_level_images(16, (3, 32, 32), -1, 1), torch.zeros(16))
     loader = DataLoader(images, batch_size=8)
-    trainer = _trainer(precision="bf16-mixed", max_steps=3, limit_val_batches=1, num_sanity_val_steps=0)
+    trainer = cpu_trainer(precision="bf16-mixed", max_steps=3, limit_val_batches=1, num_sanity_val_steps=0)
     trainer.fit(model, loader, loader)
     metrics = {k: v for k, v in trainer.callback_metrics.items()}
     for name in ("train/loss_step", "train/active_units", "val/nelbo", "val/iwae_nll", "val/bpd", "val/active_units"):
