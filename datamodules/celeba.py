@@ -1,4 +1,10 @@
-"""CelebA: 202,599 aligned 178x218 face images with 40 binary attributes."""
+"""CelebA (Liu, Luo, Wang & Tang, "Deep Learning Face Attributes in the Wild", ICCV 2015): 202,599 aligned 178x218
+face images with 40 binary attributes, for the 64px β-VAE, DCGAN (the guide's 64x64 stack) and DDPM.
+
+Faces are center-cropped to 148 and resized to 64, the usual protocol. torchvision's md5 check is replaced by the
+datamodule's (with its opt-out for partial copies), the bbox/landmark lists are optional (only attributes are used),
+and every JPEG's start and end markers are checked before training, so a truncated image names itself.
+"""
 
 from __future__ import annotations
 

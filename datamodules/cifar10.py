@@ -1,4 +1,5 @@
-"""CIFAR-10: 50k/10k colour 32x32 images in 10 classes.
+"""CIFAR-10 (Krizhevsky, "Learning Multiple Layers of Features from Tiny Images", 2009): 50k/10k colour 32x32 images
+in 10 classes, for the CIFAR-sized ViT, conv VAE, DCGAN and the DDPM paper's model.
 
 The batches are Python pickles. They are read with ``_BatchUnpickler``, which builds only what the format holds
 (dicts, lists, str/bytes, ints, uint8 numpy arrays), so a tampered file cannot run code: torchvision's plain

@@ -59,7 +59,8 @@ def test_schedule_matches_closed_forms(schedule):
     expected_mean = ((1 - b).sqrt() / b * x_t + ab_prev.sqrt() / (1 - ab_prev) * x0) / precision
     assert torch.allclose(var.double(), (1 / precision).expand_as(var), rtol=1e-4)
     assert torch.allclose(mean.double(), expected_mean, atol=1e-5)
-    # ... and the spec's ε-form of the same mean: (x_t - β/sqrt(1-ᾱ) ε) / sqrt(α), with ε the noise in x_t.
+    # ... and the ε-form of the same mean (docs/guide.md, Part 4, Step 4): (x_t - β/sqrt(1-ᾱ) ε) / sqrt(α), with ε
+    # the noise in x_t.
     eps = (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
     spec_mean = (x_t - b / (1 - ab).sqrt() * eps) / (1 - b).sqrt()
     assert torch.allclose(mean.double(), spec_mean, atol=1e-5)
@@ -97,7 +98,7 @@ def test_unet_output_depends_on_t():
         out_a, out_b = net(x, torch.tensor([10, 10])), net(x, torch.tensor([900, 900]))
     assert out_a.shape == x.shape
     assert (out_a - out_b).abs().max() > 1e-3
-    # The spec's SimpleUNet fails this: its time embedding is computed and never used.
+    # The guide's SimpleUNet (docs/guide.md, Part 4, Step 2) fails this: its time embedding is computed and never used.
     spec = randomised(SpecSimpleUNet(in_channels=1, model_channels=64))
     with torch.no_grad():
         assert torch.equal(spec(x, torch.tensor([10, 10])), spec(x, torch.tensor([900, 900])))

@@ -50,7 +50,8 @@ def test_mlp_networks_shapes_and_logits():
     G, D = Generator(latent_dim=100, hidden_dim=256, output_dim=784), Discriminator(input_dim=784, hidden_dim=256)
     fake = G(torch.randn(4, 100))
     assert fake.shape == (4, 784) and fake.abs().max() <= 1
-    # the spec's layer widths: 100 -> 256 -> 512 -> 1024 -> 784 and 784 -> 1024 -> 512 -> 256 -> 1
+    # the layer widths of docs/guide.md (Part 3, Steps 1-2): 100 -> 256 -> 512 -> 1024 -> 784 and
+    # 784 -> 1024 -> 512 -> 256 -> 1
     assert [m.out_features for m in G.model if isinstance(m, torch.nn.Linear)] == [256, 512, 1024, 784]
     assert [m.out_features for m in D.model if isinstance(m, torch.nn.Linear)] == [1024, 512, 256, 1]
     D.model[-1].bias.data.fill_(5.0)  # a logit, not a probability: no Sigmoid squashes it into [0, 1]

@@ -35,7 +35,7 @@ def _level_images(n: int, shape: tuple[int, int, int], low: float = 0.0, high: f
 def test_spec_networks_keep_layers_and_return_logits():
     vae = VAE()
     assert [vae.encoder.fc1.in_features, vae.encoder.fc1.out_features, vae.encoder.fc_mu.out_features] == [784, 400, 20]
-    assert sum(p.numel() for p in vae.parameters()) == 652_824  # the spec's 784-400-20-400-784
+    assert sum(p.numel() for p in vae.parameters()) == 652_824  # docs/guide.md's 784-400-20-400-784 (Part 2)
     logits, mu, logvar = vae(torch.rand(5, 784))
     assert logits.shape == (5, 784) and mu.shape == logvar.shape == (5, 20)
     assert logits.min() < 0 or logits.max() > 1  # logits, not probabilities
