@@ -24,13 +24,15 @@ import numpy as np
 import torch
 import yaml
 from jsonargparse import Namespace
-from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback, _InstantiatorFn
+from lightning.pytorch.callbacks import DeviceStatsMonitor, LearningRateMonitor, ProgressBar
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, SaveConfigCallback
 from lightning.pytorch.plugins import TorchCheckpointIO
 from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import lightning_modules  # noqa: F401  (registers the model classes for --model ShortName)
+from compat import CLIHooks, ParserBeforeValidation
 from lightning_modules.callbacks import (
     NonFiniteLossError,
     RNGStateCheckpoint,
@@ -83,20 +85,6 @@ def _init_parameters(class_type: type) -> set[str]:
         if not any(p.kind is p.VAR_KEYWORD for p in parameters):
             break
     return names
-
-
-class _OwnParametersInstantiator(_InstantiatorFn):
-    """Records only the links the instantiated class accepts in its hyperparameters.
-
-    jsonargparse skips a link whose target the chosen class lacks (``num_classes`` for a VAE), but Lightning still
-    records it in the checkpoint's hyperparameters, and ``test --ckpt_path`` / ``load_from_checkpoint`` then fail
-    with "unexpected keyword argument". Filtering here keeps checkpoints loadable.
-    """
-
-    def __call__(self, class_type: type, *args, applied_instantiation_links: dict, **kwargs):
-        accepted = _init_parameters(class_type)
-        links = {k: v for k, v in applied_instantiation_links.items() if k.rsplit(".", 1)[-1] in accepted}
-        return super().__call__(class_type, *args, applied_instantiation_links=links, **kwargs)
 
 
 class CheckpointError(ValueError):
@@ -220,21 +208,82 @@ def _import_class(class_path: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
-class Module14Parser(LightningArgumentParser):
+def _say(line: str) -> None:
+    """One ``module14: ...`` line on stderr, from rank 0 only."""
+    if rank_zero_only.rank == 0:
+        print(f"module14: {line}", file=sys.stderr)
+
+
+def _record_data_dir(config: Namespace) -> None:
+    """A ``data.data_dir`` left null becomes the data root actually used (``$MODULE14_DATA_DIR`` or ``./data``,
+    resolved); the datamodule's own default stays None."""
+    data = config.get("data")
+    if isinstance(data, Namespace) and isinstance(data.get("init_args"), Namespace):
+        if data.init_args.get("data_dir") is None:
+            data.init_args.data_dir = str(Path(default_data_dir()).expanduser().resolve())
+
+
+# Where every shipped config's logger writes (``save_dir: runs``).
+RUNS_DIR = "runs"
+
+
+def _requires(class_path: str, name: str) -> bool:
+    """Whether ``class_path``'s constructor has a parameter ``name`` without a default."""
+    parameter = inspect.signature(_import_class(class_path)).parameters.get(name)
+    return parameter is not None and parameter.default is inspect.Parameter.empty
+
+
+def _default_logger_save_dir(config: Namespace) -> None:
+    """A logger chosen on the command line whose class requires a ``save_dir`` (``--trainer.logger CSVLogger``,
+    ``TensorBoardLogger``) writes under ``runs/`` as the configs' loggers do, unless one is typed."""
+    trainer = config.get("trainer")
+    loggers = trainer.get("logger") if isinstance(trainer, Namespace) else None
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        init_args = logger.get("init_args") if isinstance(logger, Namespace) else None
+        if isinstance(init_args, Namespace) and "save_dir" in init_args and init_args.save_dir is None:
+            if _requires(logger.class_path, "save_dir"):
+                init_args.save_dir = RUNS_DIR
+                _say(f"{logger.class_path.rsplit('.', 1)[-1]} writes under {RUNS_DIR}/ "
+                     f"(--trainer.logger.init_args.save_dir chooses)")
+
+
+class Module14Parser(ParserBeforeValidation):
     """The CLI's parser: a ``data.data_dir`` left null is the data root actually used (``$MODULE14_DATA_DIR`` or
-    ``./data``, resolved), so ``--print_config`` and the saved ``config.yaml`` record where the data came from."""
+    ``./data``, resolved), so ``--print_config`` and the saved ``config.yaml`` record where the data came from; a
+    logger typed without the ``save_dir`` it requires writes under ``runs/``."""
 
-    def _parse_common(self, cfg: Namespace, *args, **kwargs) -> Namespace:
-        # jsonargparse's last step before --print_config prints; the datamodule's own default stays None.
+    def before_validation(self, cfg: Namespace) -> None:
         for config in [cfg, *(cfg.get(name) for name in ("fit", "validate", "test", "predict"))]:
-            data = config.get("data") if isinstance(config, Namespace) else None
-            if isinstance(data, Namespace) and isinstance(data.get("init_args"), Namespace):
-                if data.init_args.get("data_dir") is None:
-                    data.init_args.data_dir = str(Path(default_data_dir()).expanduser().resolve())
-        return super()._parse_common(cfg, *args, **kwargs)
+            if isinstance(config, Namespace):
+                _record_data_dir(config)
+                _default_logger_save_dir(config)
 
 
-class Module14CLI(LightningCLI):
+# Callbacks that Lightning refuses in a trainer without a logger: what they measure goes to the logger.
+NEEDS_LOGGER = (LearningRateMonitor, DeviceStatsMonitor)
+
+
+def _without(callbacks: list, kinds: tuple[type, ...], flag: str, why: str) -> list:
+    """``callbacks`` less those of ``kinds``, saying which were dropped because of ``flag``."""
+    dropped = [type(c).__name__ for c in callbacks if isinstance(c, kinds)]
+    if dropped:
+        _say(f"{flag}: dropped the config's {', '.join(dropped)} callback ({why})")
+    return [c for c in callbacks if not isinstance(c, kinds)]
+
+
+def callbacks_the_flags_allow(trainer: Namespace) -> list:
+    """The configured callbacks less those the trainer's own flags rule out, which Lightning would refuse with a
+    traceback: progress bars with ``enable_progress_bar=false``, and callbacks that log with ``logger=false``."""
+    callbacks = trainer.get("callbacks") or []
+    callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+    if trainer.get("enable_progress_bar") is False:
+        callbacks = _without(callbacks, (ProgressBar,), "trainer.enable_progress_bar=false", "the flag wins")
+    if trainer.get("logger") in (False, []):
+        callbacks = _without(callbacks, NEEDS_LOGGER, "trainer.logger=false", "it needs a logger")
+    return callbacks
+
+
+class Module14CLI(CLIHooks):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # A link whose target the chosen model lacks is skipped, so every family shares these.
         for source, target in DATA_LINKS.items():
@@ -257,7 +306,7 @@ class Module14CLI(LightningCLI):
         init_args = (self.config[subcommand] if subcommand else self.config).model.get("init_args") or Namespace()
         self._typed_values = {key: init_args.get(key) for key in self._typed_model_args}
 
-    def _parse_ckpt_path(self) -> None:
+    def merge_checkpoint_config(self) -> None:
         """Refuse remote, unreadable and other-model checkpoints with a clear message, then take its hyperparameters as
         the defaults of what the user did not type.
 
@@ -272,9 +321,9 @@ class Module14CLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if not ckpt_path:
-            if subcommand == "predict" and rank_zero_only.rank == 0:
-                print("module14: predict without --ckpt_path: the model's weights are random (pass --ckpt_path "
-                      "<run folder>/last.ckpt to predict with a trained model)", file=sys.stderr)
+            if subcommand == "predict":
+                _say("predict without --ckpt_path: the model's weights are random (pass --ckpt_path "
+                     "<run folder>/last.ckpt to predict with a trained model)")
             return
         refuse_remote(str(ckpt_path))
         if ckpt_path in ("best", "last"):
@@ -309,8 +358,7 @@ class Module14CLI(LightningCLI):
         init_args = first.get("init_args") if isinstance(first, Namespace) else None
         save_dir = (init_args.get("save_dir") if init_args else None) or config.trainer.get("default_root_dir") or "."
         path = run_checkpoint(which, save_dir, config.model.class_path, init_args.get("name") if init_args else None)
-        if rank_zero_only.rank == 0:
-            print(f"module14: --ckpt_path {which} is {path}", file=sys.stderr)
+        _say(f"--ckpt_path {which} is {path}")
         return path
 
     def _checkpoint_defaults(self, ckpt_path: str, hparams: dict, model_class: type) -> dict:
@@ -374,9 +422,8 @@ class Module14CLI(LightningCLI):
             if precision != config.trainer.precision:
                 self.trainer.strategy.precision_plugin = MixedPrecision(precision, "cpu")
                 config.trainer.precision = precision  # config.yaml records what ran
-        if self._precision_reason and rank_zero_only.rank == 0:
-            print(f"module14: precision {self.trainer.precision} ({self._precision_reason}); "
-                  f"--trainer.precision chooses", file=sys.stderr)
+        if self._precision_reason:
+            _say(f"precision {self.trainer.precision} ({self._precision_reason}); --trainer.precision chooses")
 
     def after_instantiate_classes(self) -> None:
         """Settings that only make sense together are checked before any work: the validation split against the
@@ -439,8 +486,10 @@ class Module14CLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """The trainer, with ``SafeCheckpointIO`` (atomic writes, weights-only loads) unless a CheckpointIO plugin was
-        given (set on the strategy, so every rank of a DDP run uses it), and its W&B run joined to the checkpoint's."""
-        trainer = super().instantiate_trainer(**kwargs)
+        given (set on the strategy, so every rank of a DDP run uses it), its W&B run joined to the checkpoint's, and
+        without the callbacks its own flags rule out (``callbacks_the_flags_allow``)."""
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        trainer = super().instantiate_trainer(**{"callbacks": callbacks_the_flags_allow(config.trainer), **kwargs})
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = SafeCheckpointIO()
         join_wandb_run(trainer.loggers, self._wandb_run, self.subcommand or "fit")
@@ -451,26 +500,26 @@ class Module14CLI(LightningCLI):
         if self.trainer.is_global_zero:
             print(run_summary(self.trainer), file=sys.stderr)
 
-    def _run_subcommand(self, subcommand: str) -> None:
+    def subcommand_error(self, subcommand: str, err: Exception) -> Exception | None:
         """A checkpoint whose weights do not fit the model (a missing key, a wrong shape) is a ``CheckpointError``."""
-        try:
-            super()._run_subcommand(subcommand)
-        except RuntimeError as err:
-            if not str(err).startswith("Error(s) in loading state_dict"):
-                raise
-            problems = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
-            details = problems[0][:300] + (f"; and {len(problems) - 1} more" if len(problems) > 1 else "")
-            raise CheckpointError(
-                f"the weights in checkpoint '{self.config[subcommand].get('ckpt_path')}' do not fit the model the config "
-                f"builds ({details}). Use the config the checkpoint was trained with (saved as config.yaml beside it)."
-            ) from err
+        if not (isinstance(err, RuntimeError) and str(err).startswith("Error(s) in loading state_dict")):
+            return None
+        problems = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+        details = problems[0][:300] + (f"; and {len(problems) - 1} more" if len(problems) > 1 else "")
+        return CheckpointError(
+            f"the weights in checkpoint '{self.config[subcommand].get('ckpt_path')}' do not fit the model the config "
+            f"builds ({details}). Use the config the checkpoint was trained with (saved as config.yaml beside it)."
+        )
 
-    def _add_instantiators(self) -> None:
-        for key, base, subclasses in (
-            ("model", self._model_class, self.subclass_mode_model),
-            ("data", self._datamodule_class, self.subclass_mode_data),
-        ):
-            self.parser.add_instantiator(_OwnParametersInstantiator(cli=self, key=key), base, subclasses=subclasses)
+    def instantiation_links(self, class_type: type, links: dict) -> dict:
+        """Only the links ``class_type`` accepts are recorded in its hyperparameters.
+
+        jsonargparse skips a link whose target the chosen class lacks (``num_classes`` for a VAE), but Lightning still
+        records it in the checkpoint's hyperparameters, and ``test --ckpt_path`` / ``load_from_checkpoint`` then fail
+        with "unexpected keyword argument". Filtering here keeps checkpoints loadable.
+        """
+        accepted = _init_parameters(class_type)
+        return {k: v for k, v in links.items() if k.rsplit(".", 1)[-1] in accepted}
 
 
 # Errors whose message says what is wrong and how to fix it: the console script prints the message, not a traceback.

@@ -3,7 +3,7 @@
     python benchmarks/compile_speedup.py [--steps 6] [--rounds 3] [--cases vit vae dcgan unet]
 
 Each case is a CPU-sized config built through the real CLI (fp32) and trained by a real Trainer on its real data
-(``lightning_modules.precision.train_step_seconds``); the ViT with dropout 0 (its config) and 0.1 (the spec's default,
+(``lightning_modules.precision.train_step_seconds``); the ViT with dropout 0 (its config) and 0.1 (the guide's default,
 attention dropout kept at 0). A case's eager and compiled copies (of every variant) alternate round by round in one
 process, so a change in machine load hits all of them; a round's step time is the median of its steps after the
 first, and the table shows the median over rounds. "compile s" is the first compiled step of the first round minus the eager step:

@@ -1,11 +1,12 @@
-"""DCGAN training-step throughput (one discriminator + one generator step per batch): the spec's code vs GANModule.
+"""DCGAN training-step throughput (one discriminator + one generator step per batch): the code of docs/guide.md
+(Part 3, Steps 3-4; ``spec`` below) vs GANModule.
 
     python benchmarks/gan_step.py [--batch-size 32] [--feature-maps 64] [--steps 6] [--threads 2]
 
 * ``spec``: the guide's ``DCGANGenerator``/``DCGANDiscriminator`` (Sigmoid outputs) and the body of its ``train_gan``
-  loop (``BCELoss``, a second generator forward for the generator step), fp32 -- the spec has no mixed precision.
-* ``ours``: ``GANModule(architecture="dcgan")`` inside a Lightning ``Trainer`` (hooks, logging and all) at the spec's size (64x64x3), in
-  ``32-true`` and ``bf16-mixed``.
+  loop (``BCELoss``, a second generator forward for the generator step), fp32 -- the guide has no mixed precision.
+* ``ours``: ``GANModule(architecture="dcgan")`` inside a Lightning ``Trainer`` (hooks, logging and all) at the guide's
+  size (64x64x3), in ``32-true`` and ``bf16-mixed``.
 
 Random images stand in for data (the step cost does not depend on the pixels). The machine may be shared, so the two run
 interleaved in one process, batch by batch: a spec step right after each of ours, on the same batch. The speed-up is
@@ -29,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lightning_modules.gan import GANModule  # noqa: E402
 
 
-# ------------------------------------------------------------------------------- the spec's code (Part 3, Step 4)
+# -------------------------------------------------------------- the guide's code (docs/guide.md, Part 3, Step 4)
 class SpecDCGANGenerator(nn.Module):
     def __init__(self, latent_dim=100, feature_maps=64, channels=3):
         super().__init__()
@@ -63,7 +64,7 @@ class SpecDCGANDiscriminator(nn.Module):
 
 
 def spec_step(generator, discriminator, g_optimizer, d_optimizer, real_data, latent_dim=100):
-    """The body of the spec's ``train_gan`` loop, for one batch."""
+    """The body of the guide's ``train_gan`` loop, for one batch."""
     criterion = nn.BCELoss()
     batch_size = real_data.size(0)
     real_labels, fake_labels = torch.ones(batch_size, 1), torch.zeros(batch_size, 1)
@@ -131,7 +132,7 @@ def main() -> None:
         for name, times in ((f"spec fp32 (paired with ours {precision})", spec_t), (f"ours {precision}", ours_t)):
             med = statistics.median(times)
             print(f"{name:40s} median {med:6.3f} s/batch ({args.batch_size / med:6.1f} img/s), best {min(times):6.3f} s")
-        print(f"{'':40s} speed-up of ours {precision} over the spec: median of paired ratios {ratio:.2f}x")
+        print(f"{'':40s} speed-up of ours {precision} over the guide: median of paired ratios {ratio:.2f}x")
 
 
 if __name__ == "__main__":

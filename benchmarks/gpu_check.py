@@ -290,7 +290,7 @@ def run_throughput_setting(row: dict, template, datamodule, args, accelerator: s
             row["status"] = short_error(err)
         finally:
             if row["compile"]:
-                torch._dynamo.reset()
+                torch.compiler.reset()
             free_memory()
     log(f"throughput {label}: {row['images_per_s']} img/s, peak {row['peak_gib']} GiB, {row['status']}")
 

@@ -1,11 +1,12 @@
-"""Train-step throughput of our SimpleUNet vs the spec's (which ignores t), fp32 and bf16 autocast, on CPU.
+"""Train-step throughput of our SimpleUNet vs the guide's (docs/guide.md, Part 4, Step 2; it ignores t), fp32 and
+bf16 autocast, on CPU ("spec" in the output is the guide's network).
 
     python benchmarks/unet_throughput.py [--batch-size 16] [--steps 3] [--rounds 2] [--threads 1]
 
 A train step is forward + MSE loss + backward + AdamW step on random 3x32x32 images and timesteps. Compared:
-the spec's ``SimpleUNet()`` (its defaults, 1.3M parameters: one conv per level, no time conditioning), ours with the
+the guide's ``SimpleUNet()`` (its defaults, 1.3M parameters: one conv per level, no time conditioning), ours with the
 same arguments (14.4M: two time-conditioned residual blocks per level as num_res_blocks=2 asks, bottleneck attention),
-and ours at the spec's size (model_channels=24, num_res_blocks=1, 1.4M). Configurations are timed interleaved in
+and ours at the guide's size (model_channels=24, num_res_blocks=1, 1.4M). Configurations are timed interleaved in
 rounds (the machine may be shared); the best round of each is reported.
 """
 
@@ -20,10 +21,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from networks.spec_simple_unet import SpecSimpleUNet  # noqa: E402
 from networks.unet import SimpleUNet  # noqa: E402
-from spec_simple_unet import SpecSimpleUNet  # noqa: E402
 
 MODELS = {
     "spec SimpleUNet() (t ignored)": lambda: SpecSimpleUNet(),

@@ -1,17 +1,18 @@
-"""VAE on MNIST: test negative ELBO and IWAE bound after N epochs, and seconds per epoch, ours vs the spec's code.
+"""VAE on MNIST: test negative ELBO and IWAE bound after N epochs, and seconds per epoch, ours vs the guide's code
+(docs/guide.md, Part 2, Step 5; the run named ``spec``).
 
-    python benchmarks/vae_mnist.py                          # spec's code, then ours at the spec's settings
-    python benchmarks/vae_mnist.py --runs interleaved --epochs 4  # timing: our epoch over the spec loop's, per round
+    python benchmarks/vae_mnist.py                          # the guide's code, then ours at its settings
+    python benchmarks/vae_mnist.py --runs interleaved --epochs 4  # timing: our epoch over the guide loop's, per round
     python benchmarks/vae_mnist.py --runs ours --hidden-dim 512 --num-hidden-layers 2 --latent-dim 32 \
         --lr 2e-3 --lr-schedule cosine                       # an improved recipe
 
-Both train on all 60,000 training images (no validation split, as in the spec's loop) with batch 128, and are scored
-on the 10,000 test images: the spec's model with its own ``vae_loss`` (one z per image, BCE summed, in nats), ours with
+Both train on all 60,000 training images (no validation split, as in the guide's loop) with batch 128, and are scored
+on the 10,000 test images: the guide's model with its own ``vae_loss`` (one z per image, BCE summed, in nats), ours with
 ``trainer.test`` (``test/nelbo``, same definition, and ``test/iwae_nll``, the IWAE-k bound). Targets are the
-continuous grey levels in [0, 1], as in the spec. Each side loads data its own way, in the main process
-(num_workers=0): the spec's loop through torchvision's MNIST with ``ToTensor``, ours through ``MNISTDataModule``'s
+continuous grey levels in [0, 1], as in the guide. Each side loads data its own way, in the main process
+(num_workers=0): the guide's loop through torchvision's MNIST with ``ToTensor``, ours through ``MNISTDataModule``'s
 training loader, as ``module14 fit`` does. Epoch time is the wall time of the training epoch alone (data loading
-included, evaluation excluded). ``--runs interleaved`` prints the median ratio of our epoch to the spec's.
+included, evaluation excluded). ``--runs interleaved`` prints the median ratio of our epoch to the guide's.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from datamodules.base import default_data_dir  # noqa: E402
 from lightning_modules.vae import VAEModule  # noqa: E402
 
 
-# ------------------------------------------------------------------------- the spec's code (Part 2), verbatim
+# ------------------------------------------------------------ the guide's code (docs/guide.md, Part 2), verbatim
 class SpecEncoder(nn.Module):
     def __init__(self, input_dim=784, hidden_dim=400, latent_dim=20):
         super().__init__()
@@ -172,7 +173,7 @@ def run_ours(args: argparse.Namespace, data: MNISTDataModule) -> dict[str, float
 
 
 def run_interleaved(args: argparse.Namespace, data: MNISTDataModule) -> dict[str, float]:
-    """Timing only: per round, one spec epoch on the spec's loader, one spec epoch on our datamodule's loader and one
+    """Timing only: per round, one spec epoch on the guide's loader, one spec epoch on our datamodule's loader and one
     epoch of ours, ``--epochs`` rounds, so all three see the same load. Our epoch over the first is what a user sees;
     over the second, the framework's own overhead (the same batches, Lightning and our module around the same model)."""
     torch.manual_seed(args.seed)
@@ -208,7 +209,7 @@ def main() -> None:
     parser.add_argument("--num-hidden-layers", type=int, default=1)
     parser.add_argument("--latent-dim", type=int, default=20)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--batch-size", type=int, default=128, help="ours only; the spec's run uses 128")
+    parser.add_argument("--batch-size", type=int, default=128, help="ours only; the guide's run uses 128")
     parser.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"])
     parser.add_argument("--kl-warmup-steps", type=int, default=0)
     parser.add_argument("--precision", default="32-true")

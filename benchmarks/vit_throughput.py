@@ -1,9 +1,10 @@
-"""ViT train-step throughput: our attention (F.scaled_dot_product_attention) vs the spec's explicit formulation,
+"""ViT train-step throughput: our attention (F.scaled_dot_product_attention) vs the explicit formulation of
+docs/guide.md (Part 1, Step 3; "spec" in the output),
 and bf16 autocast vs fp32, on the same network config. Steps of the variants are interleaved so that load from
 other processes hits them alike; the median step time of each is reported.
 
     python benchmarks/vit_throughput.py                      # CIFAR-sized ViT (configs/vit_cifar10.yaml), batch 128
-    python benchmarks/vit_throughput.py --attn-dropout 0.1   # the spec's dropout on attention weights too
+    python benchmarks/vit_throughput.py --attn-dropout 0.1   # the guide's dropout on attention weights too
     python benchmarks/vit_throughput.py --img 224 --patch 16 --dim 768 --depth 12 --heads 12 --batch 8   # ViT-B/16
 
 Targets (issue 2, CPU): SDPA >= 1.8x the explicit formulation in fp32; bf16-mixed >= 2x fp32.
@@ -26,14 +27,15 @@ from networks.vit import MultiHeadSelfAttention, VisionTransformer  # noqa: E402
 
 
 class SpecAttention(nn.Module):
-    """The spec's MultiHeadSelfAttention.forward, verbatim in its math, sharing our layer's weights."""
+    """The guide's MultiHeadSelfAttention.forward (docs/guide.md, Part 1, Step 3), verbatim in its math, sharing our
+    layer's weights."""
 
     def __init__(self, ours: MultiHeadSelfAttention):
         super().__init__()
         self.num_heads, self.head_dim = ours.num_heads, ours.head_dim
         self.scale = self.head_dim**-0.5
         self.qkv, self.proj = ours.qkv, ours.proj
-        self.attn_drop = nn.Dropout(ours.attn_dropout)  # the spec uses one dropout for both; same rates here
+        self.attn_drop = nn.Dropout(ours.attn_dropout)  # the guide uses one dropout for both; same rates here
         self.proj_drop = ours.proj_dropout
 
     def forward(self, x):
@@ -82,7 +84,7 @@ def main() -> None:
     parser.add_argument("--mlp-ratio", type=float, default=2.0)
     parser.add_argument("--dropout", type=float, default=0.1)
     parser.add_argument("--attn-dropout", type=float, default=0.0,
-                        help="dropout on attention weights (configs: 0, as in the ViT paper; the spec: = dropout)")
+                        help="dropout on attention weights (configs: 0, as in the ViT paper; the guide: = dropout)")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per variant (after 2 warm-up steps)")
     args = parser.parse_args()

@@ -1,7 +1,10 @@
 """One base class for the three image datasets: data root, integrity policy, splits, transforms and loaders.
 
 A subclass names its torchvision dataset, the files it needs on disk (with torchvision's md5 where torchvision has
-one), its native geometry and its augmentations; everything else lives here.
+one), its native geometry and its augmentations; everything else lives here, so the three datasets fail, split, scale
+and resume alike. The value range follows the model (standardised for classifiers, [0, 1] for Bernoulli VAEs, [-1, 1]
+for GANs and diffusion, whose generators end in Tanh: docs/guide_notes.md); splits are seeded and independent of the
+training seed; the training loader is a ``StatefulDataLoader`` so a run resumed mid-epoch sees the same batches.
 """
 
 from __future__ import annotations
@@ -51,10 +54,12 @@ def unreadable_file(dataset_name: str, path: str | Path, problem: str, fix: str 
 
 
 def default_data_dir() -> str:
+    """The data root when ``data.data_dir`` is not set: ``$MODULE14_DATA_DIR``, else ``./data``."""
     return os.environ.get(DATA_DIR_ENV, "./data")
 
 
 def md5sum(path: Path, chunk: int = 1 << 20) -> str:
+    """The file's md5, read a chunk at a time (torchvision publishes md5s)."""
     digest = hashlib.md5()
     with open(path, "rb") as f:
         while block := f.read(chunk):
@@ -207,6 +212,7 @@ class ImageDataModule(L.LightningDataModule):
         return [v2.Resize(self.image_size, antialias=True)]
 
     def basic_augmentations(self) -> list[v2.Transform]:
+        """``augment: basic``: a random crop with padding (subclasses add flips where they keep the label)."""
         return [v2.RandomCrop(self.image_size, padding=self.image_size // 8)]
 
     # ------------------------------------------------------------------------------------------- file checks
@@ -230,6 +236,7 @@ class ImageDataModule(L.LightningDataModule):
         )
 
     def missing_files(self) -> list[str]:
+        """Required paths that do not exist under ``data_dir``."""
         return [rel for rel in self.required_files() if not self._exists(rel)]
 
     def check_readable(self) -> None:
@@ -241,6 +248,7 @@ class ImageDataModule(L.LightningDataModule):
                 raise self._no_permission(path)
 
     def mismatched_files(self) -> list[str]:
+        """Required files whose md5 differs from torchvision's."""
         return [
             rel
             for rel, md5 in self.required_files().items()
@@ -298,12 +306,14 @@ class ImageDataModule(L.LightningDataModule):
 
     # -------------------------------------------------------------------------------------------- transforms
     def _to_range(self) -> list[v2.Transform]:
+        """uint8 images to float tensors in the ``normalization`` range."""
         to_float = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
         if self.normalization == "zero_one":
             return to_float
         return to_float + [v2.Normalize(*self.normalization_mean_std)]
 
     def train_transform(self) -> v2.Transform:
+        """Geometry, then the ``augment`` level's random augmentations, then the value range."""
         augment: list[v2.Transform] = []
         if self.augment in ("basic", "strong"):
             augment += self.basic_augmentations()
@@ -312,6 +322,7 @@ class ImageDataModule(L.LightningDataModule):
         return v2.Compose(self.geometry_transforms() + augment + self._to_range())
 
     def eval_transform(self) -> v2.Transform:
+        """Geometry and value range only: validation, test and predict images are never augmented."""
         return v2.Compose(self.geometry_transforms() + self._to_range())
 
     # ---------------------------------------------------------------------------------------------- splits
@@ -324,6 +335,8 @@ class ImageDataModule(L.LightningDataModule):
         return n_val
 
     def setup(self, stage: str | None = None) -> None:
+        """Check the files once, then build the splits the stage needs: a seeded train/val split of the training
+        set, the official test split, and the first ``predict_size`` test images for ``predict``."""
         if self.train_set is None and self.test_set is None:  # once, before the first dataset is built
             self.check_files()
             self.check_contents()

@@ -1,4 +1,10 @@
-"""CelebA: 202,599 aligned 178x218 face images with 40 binary attributes."""
+"""CelebA (Liu, Luo, Wang & Tang, "Deep Learning Face Attributes in the Wild", ICCV 2015): 202,599 aligned 178x218
+face images with 40 binary attributes, for the 64px β-VAE, DCGAN (the guide's 64x64 stack) and DDPM.
+
+Faces are center-cropped to 148 and resized to 64, the usual protocol. torchvision's md5 check is replaced by the
+datamodule's (with its opt-out for partial copies), the bbox/landmark lists are optional (only attributes are used),
+and every JPEG's start and end markers are checked before training, so a truncated image names itself.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,11 @@ import os
 import warnings
 from pathlib import Path
 
-import torch
 from torch.utils.data import Dataset
 from torchvision.datasets import CelebA
 from torchvision.datasets.celeba import CSV
+
+from compat import CelebAHooks, celeba_placeholder_list
 from torchvision.transforms import v2
 
 from datamodules.base import ImageDataModule, unreadable_file
@@ -39,7 +46,7 @@ def check_jpeg(path: Path) -> None:
         raise unreadable_file("CelebA", path, f"is truncated: its {size} bytes end without the JPEG end marker")
 
 
-class _CelebA(CelebA):
+class _CelebA(CelebAHooks):
     """torchvision's CelebA with its md5 check left to the datamodule, and the bbox/landmark lists optional.
 
     Targets are the 40 attributes; a copy without the bbox/landmark lists gets zero placeholders for them.
@@ -51,7 +58,7 @@ class _CelebA(CelebA):
             path = Path(self.root) / self.base_folder / "list_attr_celeba.txt"
             raise unreadable_file("CelebA", path, "has attribute values other than -1 and 1")
 
-    def _check_integrity(self) -> bool:
+    def files_intact(self) -> bool:
         return True
 
     def __getitem__(self, index: int):
@@ -61,11 +68,11 @@ class _CelebA(CelebA):
             path = Path(self.root) / self.base_folder / IMAGE_FOLDER / self.filename[index]
             raise unreadable_file("CelebA", path, f"cannot be decoded ({err})") from err
 
-    def _load_csv(self, filename: str, header: int | None = None) -> CSV:
+    def read_list(self, filename: str, header: int | None = None) -> CSV:
         if filename in _OPTIONAL_LISTS and not os.path.exists(os.path.join(self.root, self.base_folder, filename)):
-            n = len(super()._load_csv("list_eval_partition.txt").index)
-            return CSV([], [], torch.zeros((n, _OPTIONAL_LISTS[filename]), dtype=torch.long))
-        return super()._load_csv(filename, header)
+            n = len(super().read_list("list_eval_partition.txt").index)
+            return celeba_placeholder_list(n, _OPTIONAL_LISTS[filename])
+        return super().read_list(filename, header)
 
 
 class CelebADataModule(ImageDataModule):

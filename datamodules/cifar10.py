@@ -1,4 +1,5 @@
-"""CIFAR-10: 50k/10k colour 32x32 images in 10 classes.
+"""CIFAR-10 (Krizhevsky, "Learning Multiple Layers of Features from Tiny Images", 2009): 50k/10k colour 32x32 images
+in 10 classes, for the CIFAR-sized ViT, conv VAE, DCGAN and the DDPM paper's model.
 
 The batches are Python pickles. They are read with ``_BatchUnpickler``, which builds only what the format holds
 (dicts, lists, str/bytes, ints, uint8 numpy arrays), so a tampered file cannot run code: torchvision's plain
@@ -7,7 +8,7 @@ The batches are Python pickles. They are read with ``_BatchUnpickler``, which bu
 
 from __future__ import annotations
 
-import _codecs
+import codecs
 import pickle
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,10 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
-from torchvision.datasets import CIFAR10, VisionDataset
+from torchvision.datasets import CIFAR10
 from torchvision.transforms import v2
 
+from compat import fill_cifar10
 from datamodules.base import ImageDataModule, unreadable_file
 
 DATASET_NAME = "CIFAR-10"
@@ -28,7 +30,7 @@ IMAGE_BYTES = 3 * 32 * 32
 _RECONSTRUCT = np.zeros(1).__reduce__()[0]  # numpy's array reconstructor, wherever this numpy version keeps it
 _FROMBUFFER = np.zeros(1).__reduce_ex__(5)[0]  # the protocol-5 one
 # The only globals a CIFAR-10 pickle names: numpy's array/dtype reconstruction (under numpy 1's and numpy 2's module
-# names), and _codecs.encode, which Python 3 uses for bytes in protocol-2 pickles.
+# names), and _codecs.encode (the same function as codecs.encode), which Python 3 uses for bytes in protocol-2 pickles.
 _ALLOWED_GLOBALS = {
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
@@ -36,7 +38,7 @@ _ALLOWED_GLOBALS = {
     ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
     ("numpy.core.numeric", "_frombuffer"): _FROMBUFFER,
     ("numpy._core.numeric", "_frombuffer"): _FROMBUFFER,
-    ("_codecs", "encode"): _codecs.encode,
+    ("_codecs", "encode"): codecs.encode,
 }
 
 
@@ -89,27 +91,26 @@ def read_batch(path: Path) -> tuple[np.ndarray, list[int]]:
     return data, labels
 
 
+def read_class_names(path: Path) -> list[str]:
+    """The 10 class names in CIFAR-10's ``batches.meta``, checked against the format."""
+    meta = unpickle(path)
+    names = meta.get(CIFAR10.meta["key"]) if isinstance(meta, dict) else None
+    if not (isinstance(names, list) and len(names) == NUM_CLASSES and all(isinstance(n, str) for n in names)):
+        raise unreadable_file(DATASET_NAME, path, f"has no '{CIFAR10.meta['key']}' list of {NUM_CLASSES} class names")
+    return names
+
+
 class _CIFAR10(CIFAR10):
     """torchvision's CIFAR10 (folder layout, file lists, metadata, ``__getitem__``) whose files are read with
     ``read_batch`` / ``unpickle`` instead of ``pickle.load``. The md5 check is left to the datamodule."""
 
     def __init__(self, root: str | Path, train: bool, transform: v2.Transform) -> None:
-        VisionDataset.__init__(self, root, transform=transform)
         self.train = train
-        folder = Path(self.root) / self.base_folder
+        folder = Path(root) / self.base_folder
         batches = [read_batch(folder / name) for name, _ in (self.train_list if train else self.test_list)]
-        self.data = np.vstack([data for data, _ in batches]).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))
-        self.targets = [label for _, labels in batches for label in labels]
-        self._load_meta()
-
-    def _load_meta(self) -> None:
-        path = Path(self.root) / self.base_folder / self.meta["filename"]
-        meta = unpickle(path)
-        names = meta.get(self.meta["key"]) if isinstance(meta, dict) else None
-        if not (isinstance(names, list) and len(names) == NUM_CLASSES and all(isinstance(n, str) for n in names)):
-            raise unreadable_file(DATASET_NAME, path, f"has no '{self.meta['key']}' list of {NUM_CLASSES} class names")
-        self.classes = names
-        self.class_to_idx = {name: i for i, name in enumerate(names)}
+        data = np.vstack([data for data, _ in batches]).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))
+        targets = [label for _, labels in batches for label in labels]
+        fill_cifar10(self, root, transform, data, targets, read_class_names(folder / self.meta["filename"]))
 
 
 class CIFAR10DataModule(ImageDataModule):

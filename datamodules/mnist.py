@@ -1,4 +1,10 @@
-"""MNIST: 60k/10k grayscale 28x28 digits."""
+"""MNIST (LeCun, Bottou, Bengio & Haffner, "Gradient-Based Learning Applied to Document Recognition", Proc. IEEE 1998):
+60k/10k grayscale 28x28 handwritten digits, the CPU-sized dataset of every model family here.
+
+torchvision keeps it in memory as one uint8 tensor, so splits without random augmentation are served a batch at a
+time. ``image_size: 32`` zero-pads to the power-of-two side that DCGAN and U-Net stages halve (the guide's DCGAN
+assumed 64x64). Before training, each idx file's header, size and labels are checked, so a truncated file names itself.
+"""
 
 from __future__ import annotations
 

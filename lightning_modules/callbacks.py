@@ -22,7 +22,6 @@ import lightning as L
 import numpy as np
 import torch
 import torch.distributed as dist
-from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
@@ -30,6 +29,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from lightning_modules.checkpointing import atomic_file
 from lightning_modules.images import image_grid, log_image, save_png
+from lightning_modules.rng import global_rng_states, set_global_rng_states
 
 
 def _writable_dir(path: str | Path) -> Path:
@@ -50,7 +50,7 @@ def _writable_dir(path: str | Path) -> Path:
 
 def _rng_states() -> dict[str, Any]:
     """Global RNG states in types ``torch.load(weights_only=True)`` accepts (numpy's key array as a list)."""
-    states = _collect_rng_states()
+    states = global_rng_states()
     kind, keys, pos, has_gauss, gauss = states["numpy"]
     states["numpy"] = (kind, keys.tolist(), pos, has_gauss, gauss)
     return states
@@ -58,7 +58,7 @@ def _rng_states() -> dict[str, Any]:
 
 def _set_rng(states: dict[str, Any]) -> None:
     kind, keys, pos, has_gauss, gauss = states["numpy"]
-    _set_rng_states({**states, "numpy": (kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss)})
+    set_global_rng_states({**states, "numpy": (kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss)})
 
 
 def _gather(rows: list[Any]) -> list[Any]:

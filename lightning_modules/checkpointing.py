@@ -26,10 +26,12 @@ from typing import Any, Callable
 import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from fsspec.utils import get_protocol
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from compat import LastCheckpointHooks
 
 
 @contextlib.contextmanager
@@ -49,6 +51,11 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+
+
+def is_local_path(path: Any) -> bool:
+    """Whether ``path`` is a local file path (no ``s3://``-style protocol)."""
+    return get_protocol(str(path)) == "file"
 
 
 class CheckpointWriteError(OSError):
@@ -72,7 +79,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        if storage_options is not None or not _is_local_file_protocol(path):
+        if storage_options is not None or not is_local_path(path):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
         path = Path(path)
@@ -92,7 +99,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
         return super().load_checkpoint(path, map_location=map_location, weights_only=True)
 
 
-class RunCheckpoint(ModelCheckpoint):
+class RunCheckpoint(LastCheckpointHooks):
     """Lightning's ``ModelCheckpoint`` (top-k as configured), except that ``last.ckpt`` always holds the latest state.
 
     Lightning 2.6 rewrites ``last.ckpt`` only in a step where it writes a top-k checkpoint (and at the end of training
@@ -120,14 +127,13 @@ class RunCheckpoint(ModelCheckpoint):
         super().on_validation_end(trainer, pl_module)
         # Only where Lightning saves at validation end: a save here marks the step as saved, so it would otherwise
         # pre-empt the top-k save Lightning makes at the train epoch end that follows.
-        if not self._should_save_on_train_epoch_end(trainer):
+        if not self.saves_on_train_epoch_end(trainer):
             self.save_latest(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.save_latest(trainer)  # replaces Lightning's "only if no last.ckpt was written before"
 
-    def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
-        super()._save_last_checkpoint(trainer, monitor_candidates)
+    def on_last_saved(self, trainer: L.Trainer) -> None:
         if self.save_last:
             self._last_step = trainer.global_step
 
@@ -136,7 +142,7 @@ class RunCheckpoint(ModelCheckpoint):
         stale = self._last_step != trainer.global_step
         training = trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking and not trainer.fast_dev_run
         if self.save_last and stale and training:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            self.write_last(trainer)
         return self.last_model_path
 
 
@@ -183,7 +189,7 @@ class SaveOnSignal(Callback):
             return
         path = self._save(trainer)
         if trainer.is_global_zero:
-            path = os.path.abspath(path) if _is_local_file_protocol(path) else path
+            path = os.path.abspath(path) if is_local_path(path) else path
             config = Path(path).parent / "config.yaml"
             arguments = f"--config {config}" if config.is_file() else "<the same arguments>"
             print(

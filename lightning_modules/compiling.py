@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from compat import is_compiled
+
 BACKEND = "inductor"  # the tests switch to "aot_eager", which compiles in a fraction of the time
 
 
 def compile_networks(*networks: nn.Module) -> None:
     """Compile each network's call in place (once: ``configure_model`` runs at every fit, validate, test, predict)."""
     for network in networks:
-        if network._compiled_call_impl is None:
+        if not is_compiled(network):
             network.compile(backend=BACKEND)

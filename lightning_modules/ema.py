@@ -13,6 +13,7 @@ import copy
 
 import torch
 import torch.nn as nn
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 
 class EMA(nn.Module):
@@ -46,7 +47,8 @@ class EMA(nn.Module):
         if [p.shape for p in ema_params] != [p.shape for p in live_params]:
             raise ValueError("EMA.update got a module with a different structure from the one it was built from.")
         live_params = [p.detach().to(e.dtype) for p, e in zip(live_params, ema_params)]
-        torch._foreach_lerp_(ema_params, live_params, 1.0 - decay)
+        if ema_params:  # torch's EMA step: one fused lerp over all parameters
+            get_ema_multi_avg_fn(decay)(ema_params, live_params, None)
         for ema_buffer, buffer in zip(self.module.buffers(), module.buffers()):
             ema_buffer.copy_(buffer)
         self.num_updates += 1

@@ -16,6 +16,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
+from compat import ddp_kwargs
 from datamodules import VALUE_RANGES
 from lightning_modules.compiling import compile_networks
 from lightning_modules.ema import EMA
@@ -139,8 +140,8 @@ class GANModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         strategy = self.trainer.strategy
-        if isinstance(strategy, DDPStrategy) and not strategy._ddp_kwargs.get("find_unused_parameters", False):
-            strategy._ddp_kwargs["find_unused_parameters"] = True  # read when the model is wrapped, after setup
+        if isinstance(strategy, DDPStrategy) and not ddp_kwargs(strategy).get("find_unused_parameters", False):
+            ddp_kwargs(strategy)["find_unused_parameters"] = True  # read when the model is wrapped, after setup
             rank_zero_info("GANModule: DDP with find_unused_parameters=True (the D and G steps each reach one network)")
 
     def _bce(self, logits: Tensor, target: float) -> Tensor:

@@ -9,6 +9,8 @@ import torch.nn as nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from compat import drop_fit_dataloader
+
 
 def decay_groups(module: nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups: weight decay on matrices/kernels only, none on biases, norms and embeddings of rank <= 1...
@@ -53,5 +55,5 @@ def total_training_steps(trainer: L.Trainer) -> int:
     again after the restore, with the saved position.
     """
     total = trainer.estimated_stepping_batches
-    trainer.fit_loop._combined_loader = None
+    drop_fit_dataloader(trainer)
     return total

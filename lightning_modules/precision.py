@@ -14,7 +14,9 @@ import time
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
+
+from compat import cpu_has_native_bf16
+from lightning_modules.rng import global_rng_states, set_global_rng_states
 
 PROBE_MARGIN = 1.1  # bf16-mixed must be this much faster to be chosen over exact fp32
 # What module14 trains and is tested in (with Lightning's short aliases); null lets resolve_precision choose.
@@ -31,11 +33,6 @@ def check_precision(precision: str | int | None) -> None:
             f"trainer.precision={precision} is not supported by module14: use {choices}, or null (the fastest on "
             f"this machine)."
         )
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX-512 BF16 or AMX: oneDNN runs bf16 matmuls and convolutions natively (else it emulates them, slowly)."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def resolve_precision(accelerator: str = "auto") -> tuple[str | None, str]:
@@ -72,12 +69,12 @@ def train_step_seconds(model: L.LightningModule, datamodule: L.LightningDataModu
     trainer = L.Trainer(accelerator="cpu", devices=1, precision=precision, limit_train_batches=steps, max_epochs=1,
                         limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[timer])
-    states = _collect_rng_states()
+    states = global_rng_states()
     try:
         with _quiet():
             trainer.fit(copy.deepcopy(model), datamodule)
     finally:
-        _set_rng_states(states)
+        set_global_rng_states(states)
     return timer.seconds
 
 

@@ -21,6 +21,8 @@ import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger, WandbLogger
 
+from compat import set_wandb_run_id, wandb_init_kwargs, wandb_run_started
+
 WANDB_RUN_KEY = "wandb_run"
 
 
@@ -81,7 +83,7 @@ class WandbRunRecord(Callback):
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger) and logger.version:
-                checkpoint[WANDB_RUN_KEY] = {"id": logger.version, "group": logger._wandb_init.get("group")}
+                checkpoint[WANDB_RUN_KEY] = {"id": logger.version, "group": wandb_init_kwargs(logger).get("group")}
                 return
 
 
@@ -99,9 +101,9 @@ def join_wandb_run(loggers: list[Logger], recorded: dict | None, job_type: str) 
     ``job_type`` (the subcommand).
     """
     for logger in loggers:
-        if not isinstance(logger, WandbLogger) or logger._experiment is not None:
+        if not isinstance(logger, WandbLogger) or wandb_run_started(logger):
             continue
-        init = logger._wandb_init
+        init = wandb_init_kwargs(logger)
         if init.get("anonymous") is None:
             init.pop("anonymous", None)  # Lightning passes None, which W&B warns "has no effect" about
         if init.get("dir"):
@@ -109,7 +111,7 @@ def join_wandb_run(loggers: list[Logger], recorded: dict | None, job_type: str) 
         if job_type == "fit":
             run_id = (recorded or {}).get("id") or init.get("id") or new_run_id()
             init.update(id=run_id, resume="allow", group=(recorded or {}).get("group") or init.get("group") or run_id)
-            logger._id = run_id
+            set_wandb_run_id(logger, run_id)
         elif recorded:
             init["group"] = recorded.get("group") or recorded.get("id")
         init["job_type"] = job_type
@@ -128,7 +130,7 @@ def run_summary(trainer: L.Trainer) -> str:
     else:
         lines.append("checkpoints:     none (no checkpoint callback)")
     for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger) and logger._experiment is not None and getattr(logger.experiment, "dir", None):
+        if isinstance(logger, WandbLogger) and wandb_run_started(logger) and getattr(logger.experiment, "dir", None):
             folder = Path(logger.experiment.dir).parent.resolve()
             offline = " (offline: upload with `wandb sync <folder>`)" if folder.name.startswith("offline-") else ""
             lines.append(f"W&B run folder:  {folder}{offline}")

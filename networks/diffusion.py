@@ -1,14 +1,16 @@
-"""Gaussian diffusion: noise schedules, the forward process q, the training loss, and DDPM / DDIM / DPM-Solver++
-samplers.
+"""Gaussian diffusion (Ho, Jain & Abbeel, "Denoising Diffusion Probabilistic Models", NeurIPS 2020): images are
+destroyed by T steps of small Gaussian noise, and a network learns to undo one step at a time; sampling starts from
+pure noise. Here: noise schedules, the forward process q, the training loss, and DDPM / DDIM / DPM-Solver++ samplers
+(docs/guide.md, Part 4, Steps 1, 3 and 4).
 
 Notation (Ho et al. 2020; Song et al., "Denoising Diffusion Implicit Models", ICLR 2021). Timesteps are indices
-t = 0 .. T-1 (the spec's), t = -1 stands for the data (ᾱ_{-1} = 1), and with ᾱ_t = prod_{s <= t} (1 - β_s):
+t = 0 .. T-1 (the guide's), t = -1 stands for the data (ᾱ_{-1} = 1), and with ᾱ_t = prod_{s <= t} (1 - β_s):
 
     q(x_t | x_0)          = N(sqrt(ᾱ_t) x_0, (1 - ᾱ_t) I)
     q(x_{t-1} | x_t, x_0) = N(c1_t x_0 + c2_t x_t, β̃_t I),  β̃_t = β_t (1 - ᾱ_{t-1}) / (1 - ᾱ_t)
     c1_t = β_t sqrt(ᾱ_{t-1}) / (1 - ᾱ_t),  c2_t = (1 - ᾱ_{t-1}) sqrt(α_t) / (1 - ᾱ_t)
 
-The schedule tensors are buffers, so they follow the module to its device (the spec's indexed CPU tensors with CUDA
+The schedule tensors are buffers, so they follow the module to its device (the guide's indexed CPU tensors with CUDA
 indices). They are kept in float64 (1 - ᾱ_t near t = 0 needs it) and cast to float32 where they meet images, so
 the arithmetic is float32 even under autocast.
 """
@@ -32,7 +34,7 @@ Denoiser = Callable[[Tensor, Tensor], Tensor]
 
 
 def linear_betas(num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
-    """The DDPM (and spec) schedule: β linear from ``beta_start`` to ``beta_end``."""
+    """The DDPM (and guide's) schedule: β linear from ``beta_start`` to ``beta_end``."""
     return torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
 
 
@@ -63,8 +65,8 @@ class GaussianDiffusion(nn.Module):
 
     Args:
         num_timesteps: T.
-        schedule: "linear" (β from ``beta_start`` to ``beta_end``, the spec's) or "cosine".
-        prediction: what the network outputs: the noise ε (DDPM, the spec's), x_0, or v = sqrt(ᾱ) ε - sqrt(1-ᾱ) x_0
+        schedule: "linear" (β from ``beta_start`` to ``beta_end``, the guide's) or "cosine".
+        prediction: what the network outputs: the noise ε (DDPM, the guide's), x_0, or v = sqrt(ᾱ) ε - sqrt(1-ᾱ) x_0
             (Salimans & Ho, 2022).
         clip_range: the data range; the predicted x_0 is clamped to it while sampling (``None``: no clamping).
     """
@@ -128,7 +130,8 @@ class GaussianDiffusion(nn.Module):
         return _at(self.sqrt_alphas_cumprod, t) * noise - _at(self.sqrt_one_minus_alphas_cumprod, t) * x0
 
     def loss(self, model: Denoiser, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
-        """The simple DDPM objective: MSE between the network output on x_t and its target (spec: ||ε - ε_θ||²)."""
+        """The simple DDPM objective: MSE between the network output on x_t and its target (docs/guide.md, Part 4,
+        Step 3: ||ε - ε_θ||²)."""
         output = model(self.q_sample(x0, t, noise), t)
         return F.mse_loss(output.float(), self.target(x0, t, noise))
 

@@ -1,10 +1,13 @@
-"""GAN networks: the MLP generator/discriminator (Goodfellow et al., 2014) and DCGAN (Radford et al., 2015).
+"""GAN networks: a generator maps noise z to an image, a discriminator scores images as real or generated, and the two
+are trained against each other (Goodfellow et al., "Generative Adversarial Nets", NeurIPS 2014). Here the MLP pair of
+docs/guide.md, Part 3 (Steps 1-2), and DCGAN (Radford, Metz & Chintala, "Unsupervised Representation Learning with
+Deep Convolutional Generative Adversarial Networks", ICLR 2016; the guide's Part 3, Step 4).
 
-The layers and defaults are the spec's. Two deliberate differences, both from the spec's defect list:
+The layers and defaults are the guide's. Two deliberate differences, both from its defects (docs/guide_notes.md):
 
 * the discriminators return a **logit** (no final ``Sigmoid``): the loss is ``binary_cross_entropy_with_logits``, which is
   numerically stable and allowed under autocast (``BCELoss`` after a ``Sigmoid`` is refused by CUDA autocast);
-* the DCGAN pair follows the data's resolution: 64x64 is exactly the spec's stack, 32x32 (MNIST padded to 32, CIFAR-10)
+* the DCGAN pair follows the data's resolution: 64x64 is exactly the guide's stack, 32x32 (MNIST padded to 32, CIFAR-10)
   drops one up/down-sampling stage, and both start from the DCGAN paper's N(0, 0.02) initialisation.
 """
 
@@ -54,7 +57,7 @@ class Discriminator(nn.Module):
             nn.Linear(hidden_dim * 2, hidden_dim),
             nn.LeakyReLU(0.2),
             nn.Dropout(0.3),
-            nn.Linear(hidden_dim, 1),  # logit; the spec's Sigmoid lives in the loss
+            nn.Linear(hidden_dim, 1),  # logit; the guide's Sigmoid lives in the loss
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -85,7 +88,7 @@ class DCGANGenerator(nn.Module):
     """DCGAN generator: z (B, latent_dim) -> image (B, channels, image_size, image_size) in [-1, 1].
 
     A 4x4 projection with ``feature_maps * 2**(stages-1)`` channels, then stride-2 transposed convolutions halving the
-    channels and doubling the side. With ``image_size=64`` (the default) this is the spec's network layer for layer:
+    channels and doubling the side. With ``image_size=64`` (the default) this is the guide's network layer for layer:
     (B, 512, 4, 4) -> (B, 256, 8, 8) -> (B, 128, 16, 16) -> (B, 64, 32, 32) -> (B, C, 64, 64).
     """
 
@@ -117,7 +120,7 @@ class DCGANDiscriminator(nn.Module):
     """DCGAN discriminator: image (B, channels, image_size, image_size) -> real/fake logit (B, 1).
 
     Stride-2 convolutions doubling the channels down to 4x4, then a 4x4 convolution to one logit. With
-    ``image_size=64`` this is the spec's network: (B, 64, 32, 32) -> (B, 128, 16, 16) -> (B, 256, 8, 8) ->
+    ``image_size=64`` this is the guide's network: (B, 64, 32, 32) -> (B, 128, 16, 16) -> (B, 256, 8, 8) ->
     (B, 512, 4, 4) -> (B, 1, 1, 1); no BatchNorm on the first layer, as in the paper.
     """
 

@@ -1,11 +1,14 @@
-"""Time-conditioned U-Net denoiser (Ho et al., "Denoising Diffusion Probabilistic Models", NeurIPS 2020).
+"""The denoiser of a diffusion model: a U-Net (Ronneberger, Fischer & Brox, "U-Net: Convolutional Networks for
+Biomedical Image Segmentation", MICCAI 2015) conditioned on the timestep, as in DDPM (Ho, Jain & Abbeel, "Denoising
+Diffusion Probabilistic Models", NeurIPS 2020): given a noisy image x_t and t, it predicts the noise in x_t.
 
-The spec's ``SimpleUNet`` layout: an encoder that halves the resolution per level, a bottleneck, and a decoder that
-doubles it back with skip connections from the encoder. Unlike the spec's sketch, the timestep embedding reaches every
-residual block (the spec computed it and never used it, so its network could not know how noisy its input was),
-``num_res_blocks`` is honoured, and the embedding width follows ``model_channels``.
+The layout of the guide's ``SimpleUNet`` (docs/guide.md, Part 4, Step 2): an encoder that halves the resolution per
+level, a bottleneck, and a decoder that doubles it back with skip connections from the encoder (the U-Net's, so fine
+detail survives the bottleneck). Unlike the guide's sketch, the timestep embedding reaches every residual block (the
+guide computed it and never used it, so its network could not know how noisy its input was), ``num_res_blocks`` is
+honoured, and the embedding width follows ``model_channels`` (docs/guide_notes.md).
 
-``SimpleUNet()`` with its defaults is the small model (64 channels, multipliers (1, 2, 4) as in the spec's
+``SimpleUNet()`` with its defaults is the small model (64 channels, multipliers (1, 2, 4) as in the guide's
 64/128/256 levels). The DDPM paper's CIFAR-10 model (35.7M parameters) is
 ``SimpleUNet(model_channels=128, channel_mult=(1, 2, 2, 2), attention_levels=(1,), dropout=0.1, norm_groups=32)``.
 """
@@ -75,7 +78,7 @@ class AttentionBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Stride-2 3x3 convolution (the spec's and DDPM's downsampling)."""
+    """Stride-2 3x3 convolution (the guide's and DDPM's downsampling)."""
 
     def __init__(self, channels: int):
         super().__init__()

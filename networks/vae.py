@@ -1,6 +1,9 @@
-"""Variational autoencoders (Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014).
+"""Variational autoencoders (Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014): an encoder maps an image
+to a Gaussian q(z|x) over latents, a sample of it (drawn with the reparameterisation trick, so gradients reach the
+encoder) is decoded back to pixels, and training maximises the evidence lower bound (ELBO) on log p(x).
 
-The spec's MLP ``Encoder`` (784-400-20), ``reparameterize``, ``Decoder`` and ``VAE`` keep their layers and defaults,
+The MLP ``Encoder`` (784-400-20), ``reparameterize``, ``Decoder`` and ``VAE`` of docs/guide.md, Part 2 (Steps 2-5)
+keep their layers and defaults,
 except that the decoder returns **logits**: the sigmoid is applied only when images are produced, so the loss can use
 ``binary_cross_entropy_with_logits`` (safe under autocast, stable for saturated pixels). ``ConvVAE`` is the
 convolutional variant for 32x32 (CIFAR-10, padded MNIST) and 64x64 (CelebA) images.
@@ -28,9 +31,10 @@ def reparameterize(mu: Tensor, logvar: Tensor, generator: torch.Generator | None
 
 
 class Encoder(nn.Module):
-    """The spec's MLP encoder: x (B, input_dim) -> hidden ReLU layer(s) -> mu, logvar (B, latent_dim) of q(z|x).
+    """The guide's MLP encoder (docs/guide.md, Part 2, Step 2): x (B, input_dim) -> hidden ReLU layer(s) -> mu, logvar
+    (B, latent_dim) of q(z|x).
 
-    ``num_hidden_layers=1`` (the default) is the spec's single 400-unit layer.
+    ``num_hidden_layers=1`` (the default) is the guide's single 400-unit layer.
     """
 
     def __init__(self, input_dim: int = 784, hidden_dim: int = 400, latent_dim: int = 20, num_hidden_layers: int = 1):
@@ -50,7 +54,8 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """The spec's MLP decoder: z (B, latent_dim) -> hidden ReLU layer(s) -> logits (B, output_dim) (no sigmoid)."""
+    """The guide's MLP decoder (docs/guide.md, Part 2, Step 4): z (B, latent_dim) -> hidden ReLU layer(s) -> logits
+    (B, output_dim) (no sigmoid: the loss takes logits)."""
 
     def __init__(self, latent_dim: int = 20, hidden_dim: int = 400, output_dim: int = 784, num_hidden_layers: int = 1):
         super().__init__()
@@ -94,7 +99,7 @@ class GaussianLatentAutoencoder(nn.Module):
 
     @torch.no_grad()
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
-        """Bernoulli means sigmoid(decode(z)), z ~ p(z), in [0, 1] (the spec's ``sample``, on the module's device).
+        """Bernoulli means sigmoid(decode(z)), z ~ p(z), in [0, 1] (the guide's ``sample``, on the module's device).
 
         For a Gaussian decoder use ``VAEModule.generate``, which maps decoder means to images.
         """
@@ -102,7 +107,8 @@ class GaussianLatentAutoencoder(nn.Module):
 
 
 class VAE(GaussianLatentAutoencoder):
-    """The spec's MLP VAE on flattened images: ``VAE()`` is 784-400-20 with a 20-400-784 decoder."""
+    """The guide's MLP VAE on flattened images (docs/guide.md, Part 2, Step 5): ``VAE()`` is 784-400-20 with a
+    20-400-784 decoder."""
 
     def __init__(self, input_dim: int = 784, hidden_dim: int = 400, latent_dim: int = 20, num_hidden_layers: int = 1,
                  output_shape: tuple[int, ...] | None = None):

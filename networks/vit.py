@@ -1,7 +1,10 @@
-"""Vision Transformer (Dosovitskiy et al., "An Image is Worth 16x16 Words", ICLR 2021).
+"""Vision Transformer (Dosovitskiy et al., "An Image is Worth 16x16 Words: Transformers for Image Recognition at
+Scale", ICLR 2021): an image is cut into patches, each patch becomes a token, a class token is prepended, and a stack
+of pre-norm transformer blocks reads them; the class token's final state is classified.
 
-The layers and defaults of the spec: ``VisionTransformer()`` is ViT-B/16 (86.6M parameters). Attention runs through
-``F.scaled_dot_product_attention``: the same softmax(q k^T / sqrt(d)) v as the explicit formula, in a fused kernel.
+The layers and defaults are those of docs/guide.md, Part 1 (Steps 1-5): ``VisionTransformer()`` is ViT-B/16 (86.6M
+parameters). Attention runs through ``F.scaled_dot_product_attention``: the same softmax(q k^T / sqrt(d)) v as the
+guide's explicit formula, in a fused kernel (why, and what it measured: docs/design_data_networks.md, "ViT").
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ class PositionEmbedding(nn.Module):
 class MultiHeadSelfAttention(nn.Module):
     """Multi-head self-attention; dropout on the attention weights (training only) and on the output.
 
-    ``attn_dropout`` (default: ``dropout``, as in the spec) is the dropout on the attention weights. On CPU the fused
+    ``attn_dropout`` (default: ``dropout``, as in the guide) is the dropout on the attention weights. On CPU the fused
     SDPA kernels have no attention dropout, so any value > 0 sends training through PyTorch's slower unfused path;
     the ViT paper uses 0 here, and so do our configs.
     """
@@ -116,7 +119,7 @@ class VisionTransformer(nn.Module):
     """ViT classifier: patch embedding, class token, position embedding, ``depth`` blocks, LayerNorm, linear head.
 
     Defaults are ViT-B/16 at 224px with 1000 classes. For 32px data use e.g. ``patch_size=4``. ``attn_dropout``
-    defaults to ``dropout`` (the spec); see ``MultiHeadSelfAttention`` for why configs set it to 0.
+    defaults to ``dropout`` (the guide's); see ``MultiHeadSelfAttention`` for why configs set it to 0.
     """
 
     def __init__(

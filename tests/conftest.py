@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -52,8 +55,6 @@ def user_signal_handlers():
 
 def module14(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None):
     """Run the installed ``module14`` console script, as a user types it; returns the CompletedProcess."""
-    import subprocess
-
     script = Path(sys.executable).with_name("module14")
     if not script.exists():
         pytest.fail(f"console script not found at {script}: install the project first (pip install -e '.[dev]')")
@@ -119,23 +120,61 @@ def data_dir() -> Path:
 CSV_LOGGER = ["--trainer.logger=CSVLogger", "--trainer.logger.init_args.save_dir=runs"]
 
 TINY_VIT = ["--model.embed_dim=32", "--model.depth=1", "--model.num_heads=2"]
+# A CPU-sized DDPM U-Net (width 16, 8 norm groups): the DDPM configs' networks are GPU-sized or slow on a CPU.
+TINY_UNET = ["--model.init_args.model_channels=16", "--model.init_args.norm_groups=8"]
+# ... sampling in 2 steps, so validation grids and predict take seconds.
+TINY_DDPM = [*TINY_UNET, "--model.init_args.sampling_steps=2"]
+
+
+def cpu_trainer(**kwargs) -> L.Trainer:
+    """A quiet one-process CPU ``Trainer`` (no logger, checkpoints, progress bar or model summary); ``kwargs`` win."""
+    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                    enable_model_summary=False)
+    return L.Trainer(**(defaults | kwargs))
+
+
+# --- DDP on CPU: 2 gloo processes through the real CLI --------------------------------------------------------------
+RANK_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "LOCAL_RANK", "NODE_RANK", "RANK")
+
+
+def launch_ddp(cwd: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``cli.py args`` in a fresh process and check that it exits 0. With ``--trainer.devices=2`` it launches the
+    DDP ranks itself (Lightning starts rank 1 by running the same command again); ``tests/`` is importable there, for
+    ``rank_state``'s callbacks, and rank variables of this process's environment are left out."""
+    env = {k: v for k, v in os.environ.items() if k not in RANK_VARIABLES}
+    env.update(PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}", OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], cwd=cwd, env=env, capture_output=True,
+                            text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def record_rank_state(folder: Path) -> list[str]:
+    """CLI flags adding ``rank_state.RecordRankState``: each rank writes its weights and metrics into ``folder``."""
+    return ["--trainer.callbacks+=rank_state.RecordRankState", f"--trainer.callbacks.init_args.folder={folder}"]
+
+
+# BatchNorm running statistics: per-rank buffers (synchronised only with trainer.sync_batchnorm on GPUs).
+PER_RANK_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def rank_state(folder: Path, stage: str, rank: int) -> dict:
+    """What ``RecordRankState`` wrote for ``rank`` at the end of ``stage``: {"state": state_dict, "metrics": {...}}."""
+    return torch.load(folder / f"{stage}_rank{rank}.pt", weights_only=True)
 
 
 @pytest.fixture(scope="session")
 def vit_checkpoint(tmp_path_factory) -> Path:
     """A tiny ViTClassifier trained for a few steps on MNIST through the CLI (CSV logger); returns last.ckpt."""
-    import os as _os
-
     from cli import build_cli
 
     folder = tmp_path_factory.mktemp("vit_ckpt")
-    cwd = _os.getcwd()
-    _os.chdir(folder)
+    cwd = os.getcwd()
+    os.chdir(folder)
     try:
         build_cli(args=["fit", "--config", str(CONFIGS / "vit_mnist.yaml"), *TINY_VIT, "--trainer.max_steps=4",
-                   "--trainer.limit_val_batches=2", "--trainer.logger=CSVLogger",
-                   "--trainer.logger.init_args.save_dir=runs", "--trainer.enable_model_summary=false"])
+                   "--trainer.limit_val_batches=2", *CSV_LOGGER, "--trainer.enable_model_summary=false"])
     finally:
-        _os.chdir(cwd)
+        os.chdir(cwd)
     (checkpoint,) = folder.glob("runs/**/last.ckpt")
     return checkpoint

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from conftest import CSV_LOGGER, TINY_VIT
 
+from compat import is_compiled
 from lightning_modules import DiffusionModule, GANModule, VAEModule, ViTClassifier, compiling
 
 TINY_GAN = ["--config", "configs/dcgan_mnist.yaml", "--model.feature_maps=8", "--data.batch_size=8",
@@ -38,8 +39,8 @@ def test_compile_is_off_by_default_and_keeps_state_dict_keys(family):
     eager, compiled = build(False), build(True)
     for model in (eager, compiled):
         model.configure_model()
-    assert all(getattr(eager, name)._compiled_call_impl is None for name in networks)
-    assert all(getattr(compiled, name)._compiled_call_impl is not None for name in networks)
+    assert not any(is_compiled(getattr(eager, name)) for name in networks)
+    assert all(is_compiled(getattr(compiled, name)) for name in networks)
     assert list(compiled.state_dict()) == list(eager.state_dict())
     compiled.load_state_dict(eager.state_dict())  # strict, both ways
     eager.load_state_dict(compiled.state_dict())
@@ -65,14 +66,14 @@ def test_compiled_vit_step_matches_eager_loss_and_gradients():
 
 def test_compiled_gan_checkpoint_resumes_eagerly_and_loads_back_into_a_compiled_model(run_cli, tmp_path):
     compiled = run_cli("fit", *TINY_GAN, "--model.compile=true", "--trainer.max_steps=4")
-    assert compiled.model.generator._compiled_call_impl is not None
+    assert is_compiled(compiled.model.generator)
     assert compiled.trainer.global_step == 4  # two batches of D and G steps, through the compiled networks
     (checkpoint,) = tmp_path.glob("runs/**/last.ckpt")
 
     # The checkpoint's compile: true is a run setting, not merged into the next run's config: this resume is eager.
     resumed = run_cli("fit", *TINY_GAN, "--trainer.max_steps=8", f"--ckpt_path={checkpoint}")
     assert resumed.trainer.global_step == 8
-    assert not resumed.model.hparams.compile and resumed.model.generator._compiled_call_impl is None
+    assert not resumed.model.hparams.compile and not is_compiled(resumed.model.generator)
     saved = torch.load(checkpoint, weights_only=True)["state_dict"]
     assert list(resumed.model.state_dict()) == list(saved)  # ema.* included
     assert not torch.equal(resumed.model.ema.module.model[0].weight,

@@ -12,15 +12,14 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, TINY_VIT, module14, predict_folder
+from conftest import ROOT, TINY_DDPM, TINY_VIT, module14, predict_folder
 
 # Each family's CPU config, shrunk so that every command runs in seconds in fp32.
 FAMILIES = {
     "vit": ("configs/vit_mnist.yaml", TINY_VIT),
     "vae": ("configs/vae_mnist.yaml", ["--model.init_args.hidden_dim=32", "--model.init_args.test_iwae_samples=4"]),
     "gan": ("configs/dcgan_mnist.yaml", ["--model.init_args.feature_maps=8"]),
-    "diffusion": ("configs/ddpm_mnist.yaml", ["--model.init_args.model_channels=16", "--model.init_args.norm_groups=8",
-                                              "--model.init_args.sampling_steps=2"]),
+    "diffusion": ("configs/ddpm_mnist.yaml", TINY_DDPM),
 }
 SMALL_RUN = ["--data.init_args.num_workers=0", "--data.init_args.batch_size=16", "--trainer.limit_val_batches=2",
              "--trainer.limit_test_batches=2", "--trainer.enable_model_summary=false"]

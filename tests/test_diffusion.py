@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 import torch.nn as nn
-from conftest import predict_folder
+from conftest import TINY_DDPM, cpu_trainer, predict_folder
 
 from datamodules import MNISTDataModule
 from lightning_modules.diffusion import DiffusionModule
 from lightning_modules.ema import EMA
 from networks.diffusion import GaussianDiffusion
+from networks.spec_simple_unet import SpecSimpleUNet
 from networks.unet import SimpleUNet
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(model_channels=16, num_res_blocks=1, channel_mult=(1, 2), norm_groups=8)
 
 
@@ -29,13 +27,6 @@ def randomised(net: nn.Module) -> nn.Module:
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             m.reset_parameters()
     return net.eval()
-
-
-def spec_unet_class():
-    spec = importlib.util.spec_from_file_location("spec_simple_unet", ROOT / "benchmarks" / "spec_simple_unet.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.SpecSimpleUNet
 
 
 # ------------------------------------------------------------------------------------------------- schedule
@@ -68,7 +59,8 @@ def test_schedule_matches_closed_forms(schedule):
     expected_mean = ((1 - b).sqrt() / b * x_t + ab_prev.sqrt() / (1 - ab_prev) * x0) / precision
     assert torch.allclose(var.double(), (1 / precision).expand_as(var), rtol=1e-4)
     assert torch.allclose(mean.double(), expected_mean, atol=1e-5)
-    # ... and the spec's ε-form of the same mean: (x_t - β/sqrt(1-ᾱ) ε) / sqrt(α), with ε the noise in x_t.
+    # ... and the ε-form of the same mean (docs/guide.md, Part 4, Step 4): (x_t - β/sqrt(1-ᾱ) ε) / sqrt(α), with ε
+    # the noise in x_t.
     eps = (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
     spec_mean = (x_t - b / (1 - ab).sqrt() * eps) / (1 - b).sqrt()
     assert torch.allclose(mean.double(), spec_mean, atol=1e-5)
@@ -106,8 +98,8 @@ def test_unet_output_depends_on_t():
         out_a, out_b = net(x, torch.tensor([10, 10])), net(x, torch.tensor([900, 900]))
     assert out_a.shape == x.shape
     assert (out_a - out_b).abs().max() > 1e-3
-    # The spec's SimpleUNet fails this: its time embedding is computed and never used.
-    spec = randomised(spec_unet_class()(in_channels=1, model_channels=64))
+    # The guide's SimpleUNet (docs/guide.md, Part 4, Step 2) fails this: its time embedding is computed and never used.
+    spec = randomised(SpecSimpleUNet(in_channels=1, model_channels=64))
     with torch.no_grad():
         assert torch.equal(spec(x, torch.tensor([10, 10])), spec(x, torch.tensor([900, 900])))
 
@@ -250,8 +242,7 @@ def fit(module, data_dir, steps, batch_size=32):
     data = MNISTDataModule(data_dir=str(data_dir), image_size=32, normalization="minus_one_one", val_size=500,
                            batch_size=batch_size, num_workers=0)
     log = LossLog()
-    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[log])
+    trainer = cpu_trainer(max_steps=steps, limit_val_batches=0, callbacks=[log])
     trainer.fit(module, datamodule=data)
     return trainer, log.losses
 
@@ -315,8 +306,7 @@ def test_sampler_settings_default_and_are_validated():
 
 # ----------------------------------------------------------------------------------------------------- CLI
 # CPU-sized overrides: the CIFAR-10/CelebA configs are the paper-sized GPU models.
-FAST = ["--model.init_args.model_channels=16", "--model.init_args.norm_groups=8", "--model.init_args.sampling_steps=2",
-        "--data.init_args.batch_size=4"]
+FAST = [*TINY_DDPM, "--data.init_args.batch_size=4"]
 
 
 @pytest.mark.parametrize("config", ["ddpm_mnist"])  # every config's fast_dev_run is in test_cli

@@ -4,34 +4,15 @@ DDP checkpoint continues in one process."""
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import CSV_LOGGER, ROOT, TINY_VIT
+from conftest import (CSV_LOGGER, PER_RANK_BUFFERS, ROOT, TINY_DDPM, TINY_VIT, launch_ddp, rank_state,
+                      record_rank_state)
 
 pytestmark = pytest.mark.slow
 
 DDP = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.precision=32-true"]
-
-
-def cli(cwd: Path, *args: str) -> None:
-    """Run ``cli.py`` in a subprocess (DDP launches its second rank by re-running the same command)."""
-    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}", OMP_NUM_THREADS="1")
-    result = subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], cwd=cwd, env=env, capture_output=True,
-                            text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-
-
-def record(folder: Path) -> list[str]:
-    return ["--trainer.callbacks+=rank_state.RecordRankState", f"--trainer.callbacks.init_args.folder={folder}"]
-
-
-def load(folder: Path, stage: str, rank: int) -> dict:
-    return torch.load(folder / f"{stage}_rank{rank}.pt", weights_only=True)
 
 
 def assert_same_weights(a: dict, b: dict) -> None:
@@ -44,37 +25,38 @@ def test_vit_ddp_ranks_agree_metrics_reduce_predictions_once_and_checkpoint_resu
     config = ["--config", str(ROOT / "configs/vit_mnist.yaml"), *TINY_VIT, *CSV_LOGGER, "--data.val_size=256",
               "--data.batch_size=32", "--data.num_workers=0", "--trainer.enable_model_summary=false",
               "--trainer.limit_train_batches=4"]
-    cli(tmp_path, "fit", *config, *DDP, "--trainer.max_epochs=1", *record(tmp_path / "ddp"))
-    rank0, rank1 = load(tmp_path / "ddp", "fit", 0), load(tmp_path / "ddp", "fit", 1)
+    launch_ddp(tmp_path, "fit", *config, *DDP, "--trainer.max_epochs=1", *record_rank_state(tmp_path / "ddp"))
+    rank0, rank1 = rank_state(tmp_path / "ddp", "fit", 0), rank_state(tmp_path / "ddp", "fit", 1)
     assert_same_weights(rank0["state"], rank1["state"])
     assert rank0["metrics"]["val/acc"] == rank1["metrics"]["val/acc"]  # reduced across ranks, not per-rank values
     (checkpoint,) = tmp_path.glob("runs/lightning_logs/version_0/checkpoints/last.ckpt")
     assert_same_weights(torch.load(checkpoint, weights_only=True)["state_dict"], rank0["state"])
 
     # validation under DDP equals a single process on the same data
-    cli(tmp_path, "validate", *config, *DDP, f"--ckpt_path={checkpoint}", *record(tmp_path / "ddp_val"))
-    cli(tmp_path, "validate", *config, "--trainer.accelerator=cpu", "--trainer.devices=1",
-        "--trainer.precision=32-true", f"--ckpt_path={checkpoint}", *record(tmp_path / "single_val"))
-    ddp, single = load(tmp_path / "ddp_val", "validate", 0)["metrics"], load(tmp_path / "single_val", "validate", 0)["metrics"]
+    launch_ddp(tmp_path, "validate", *config, *DDP, f"--ckpt_path={checkpoint}",
+               *record_rank_state(tmp_path / "ddp_val"))
+    launch_ddp(tmp_path, "validate", *config, "--trainer.accelerator=cpu", "--trainer.devices=1",
+               "--trainer.precision=32-true", f"--ckpt_path={checkpoint}", *record_rank_state(tmp_path / "single_val"))
+    ddp = rank_state(tmp_path / "ddp_val", "validate", 0)["metrics"]
+    single = rank_state(tmp_path / "single_val", "validate", 0)["metrics"]
     assert ddp["val/acc"] == pytest.approx(single["val/acc"], abs=1e-6)
     assert ddp["val/loss"] == pytest.approx(single["val/loss"], rel=1e-5)
 
     # predictions: every item exactly once (51 items over 2 ranks), one file written by rank 0
-    cli(tmp_path, "predict", *config, *DDP, "--data.predict_size=51", f"--ckpt_path={checkpoint}")
+    launch_ddp(tmp_path, "predict", *config, *DDP, "--data.predict_size=51", f"--ckpt_path={checkpoint}")
     with open(tmp_path / "outputs/vit_mnist/predictions.csv") as f:
         assert sorted(int(row["index"]) for row in csv.DictReader(f)) == list(range(51))
 
     # the DDP checkpoint continues in one process
-    cli(tmp_path, "fit", *config, "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.max_epochs=2",
-        f"--ckpt_path={checkpoint}", *record(tmp_path / "resumed"))
-    resumed = load(tmp_path / "resumed", "fit", 0)
+    launch_ddp(tmp_path, "fit", *config, "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.max_epochs=2",
+               f"--ckpt_path={checkpoint}", *record_rank_state(tmp_path / "resumed"))
+    resumed = rank_state(tmp_path / "resumed", "fit", 0)
     assert any(not torch.equal(resumed["state"][k], rank0["state"][k]) for k in rank0["state"])
 
 
 GENERATIVE = {  # family: config + CPU-sized overrides; every family runs under the stock ddp strategy
     "gan": ["--config", str(ROOT / "configs/dcgan_mnist.yaml"), "--model.feature_maps=8"],
-    "diffusion": ["--config", str(ROOT / "configs/ddpm_mnist.yaml"), "--model.init_args.model_channels=16",
-                  "--model.init_args.norm_groups=8", "--model.init_args.sampling_steps=2"],
+    "diffusion": ["--config", str(ROOT / "configs/ddpm_mnist.yaml"), *TINY_DDPM],
     "vae": ["--config", str(ROOT / "configs/vae_mnist.yaml"), "--model.init_args.hidden_dim=32"],
 }
 
@@ -83,17 +65,15 @@ GENERATIVE = {  # family: config + CPU-sized overrides; every family runs under 
 def test_generative_ddp_ranks_agree_and_files_are_written_once(tmp_path, family):
     run = [*GENERATIVE[family], *CSV_LOGGER, *DDP, "--data.batch_size=8", "--data.num_workers=0",
            "--trainer.enable_model_summary=false"]
-    cli(tmp_path, "fit", *run, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
-        "--trainer.limit_val_batches=1", *record(tmp_path / "ddp"))
-    rank0, rank1 = load(tmp_path / "ddp", "fit", 0), load(tmp_path / "ddp", "fit", 1)
-    # BatchNorm running statistics are per-rank buffers (synchronised only with trainer.sync_batchnorm on GPUs)
-    per_rank = ("running_mean", "running_var", "num_batches_tracked")
-    weights = [{k: v for k, v in r["state"].items() if not k.endswith(per_rank)} for r in (rank0, rank1)]
+    launch_ddp(tmp_path, "fit", *run, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+        "--trainer.limit_val_batches=1", *record_rank_state(tmp_path / "ddp"))
+    rank0, rank1 = rank_state(tmp_path / "ddp", "fit", 0), rank_state(tmp_path / "ddp", "fit", 1)
+    weights = [{k: v for k, v in r["state"].items() if not k.endswith(PER_RANK_BUFFERS)} for r in (rank0, rank1)]
     assert_same_weights(*weights)
     grids = sorted(p.name for p in tmp_path.glob("runs/lightning_logs/version_0/images/*.png"))
     assert grids and len(grids) == len({name.split("_epoch")[0] for name in grids})  # one file per grid, not per rank
 
     (checkpoint,) = tmp_path.glob("runs/lightning_logs/version_0/checkpoints/last.ckpt")
-    cli(tmp_path, "predict", *run, "--data.predict_size=5", f"--ckpt_path={checkpoint}")
+    launch_ddp(tmp_path, "predict", *run, "--data.predict_size=5", f"--ckpt_path={checkpoint}")
     outputs = {p.name for p in (tmp_path / "outputs").glob("*/*/*.png")}  # outputs/<config>/<this predict>/
     assert outputs == {f"{i:06d}.png" for i in range(5)} | {"grid.png"}  # every sample exactly once, one grid

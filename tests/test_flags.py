@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import DATA_DIR, ROOT, TINY_VIT, module14
+from conftest import DATA_DIR, ROOT, TINY_UNET, TINY_VIT, module14
 from PIL import Image
 
 from cli import CheckpointError, typed_model_args
@@ -20,10 +20,9 @@ from lightning_modules.runs import RunNotFoundError
 
 CONFIG = "configs/ddpm_mnist.yaml"
 # A tiny DDPM with T = 10, so DDIM defaults to all 10 steps and a typed sampling_steps 5 is a different sampler run.
-TINY_DDPM = ["--config", CONFIG, "--model.init_args.model_channels=16", "--model.init_args.norm_groups=8",
-             "--model.init_args.num_timesteps=10", "--data.init_args.num_workers=0", "--data.init_args.batch_size=16",
-             "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1", "--trainer.enable_model_summary=false",
-             "--trainer.precision=32-true"]
+DDPM_T10 = ["--config", CONFIG, *TINY_UNET, "--model.init_args.num_timesteps=10", "--data.init_args.num_workers=0",
+            "--data.init_args.batch_size=16", "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1",
+            "--trainer.enable_model_summary=false", "--trainer.precision=32-true"]
 NOISE = ("💡 Tip", "anonymous setting", "git root", "set_vital", "LeafSpec", "smaller than the logging interval",
          "estimate number of stepping batches")
 
@@ -37,7 +36,7 @@ def ok(result):
 def ddpm_run(tmp_path_factory):
     """One fit of the tiny DDPM (2 batches, 1 epoch, W&B offline with log_model): (folder, fit's CompletedProcess)."""
     folder = tmp_path_factory.mktemp("ddpm_run")
-    fit = module14("fit", *TINY_DDPM, "--trainer.limit_train_batches=2", "--trainer.max_epochs=1",
+    fit = module14("fit", *DDPM_T10, "--trainer.limit_train_batches=2", "--trainer.max_epochs=1",
                    "--trainer.logger.init_args.log_model=true", cwd=folder)
     return folder, ok(fit)
 
@@ -54,7 +53,7 @@ def pixels(folder: Path) -> np.ndarray:
 def test_typed_sampler_settings_win_over_the_checkpoint_and_each_predict_gets_a_fresh_folder(ddpm_run):
     folder, _ = ddpm_run
     last = last_checkpoint(folder)
-    predict = ["predict", *TINY_DDPM, f"--ckpt_path={last}"]
+    predict = ["predict", *DDPM_T10, f"--ckpt_path={last}"]
     runs = {}
     for name, flags in {"ddim5": ["--model.init_args.sampling_steps=5", "--data.init_args.predict_size=5"],
                         "ddpm": ["--model.init_args.sampler", "ddpm", "--data.init_args.predict_size=3"],
@@ -74,7 +73,7 @@ def test_typed_sampler_settings_win_over_the_checkpoint_and_each_predict_gets_a_
 
 def test_training_setting_that_differs_from_the_checkpoint_is_refused(ddpm_run):
     folder, _ = ddpm_run
-    result = module14("predict", *TINY_DDPM, f"--ckpt_path={last_checkpoint(folder)}",
+    result = module14("predict", *DDPM_T10, f"--ckpt_path={last_checkpoint(folder)}",
                       "--model.init_args.num_timesteps=20", cwd=folder)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     message = r"--model.init_args.num_timesteps=20 differs from checkpoint .* trained with num_timesteps=10"
@@ -96,7 +95,7 @@ def test_architecture_flag_with_a_checkpoint_is_refused_in_process(run_cli, vit_
 
 def test_ckpt_path_best_resolves_from_the_newest_run(ddpm_run):
     folder, _ = ddpm_run
-    best = ok(module14("test", *TINY_DDPM, "--ckpt_path", "best", cwd=folder))
+    best = ok(module14("test", *DDPM_T10, "--ckpt_path", "best", cwd=folder))
     (expected,) = last_checkpoint(folder).parent.glob("epoch000-*.ckpt")
     assert f"--ckpt_path best is {expected.relative_to(folder)}" in best.stderr
 
@@ -122,13 +121,13 @@ def test_resume_continues_the_w_and_b_run_and_run_folder_and_predict_joins_its_g
     shutil.copytree(ddpm_run[0] / "runs", tmp_path / "runs")
     run_id = last_checkpoint(tmp_path).parent.parent.name
     assert torch.load(last_checkpoint(tmp_path), weights_only=True)["wandb_run"] == {"id": run_id, "group": run_id}
-    ok(module14("fit", *TINY_DDPM, "--trainer.limit_train_batches=2", "--trainer.max_epochs=2", "--ckpt_path", "last",
+    ok(module14("fit", *DDPM_T10, "--trainer.limit_train_batches=2", "--trainer.max_epochs=2", "--ckpt_path", "last",
                 cwd=tmp_path))
     assert [p.name for p in (tmp_path / "runs/module14").iterdir()] == [run_id]  # the same run folder
     assert torch.load(last_checkpoint(tmp_path), weights_only=True)["epoch"] == 1
     assert len(list(tmp_path.glob(f"runs/wandb/offline-run-*-{run_id}"))) == 2  # fit and its resume: one run id
     before = set(tmp_path.glob("runs/wandb/offline-run-*"))
-    ok(module14("predict", *TINY_DDPM, "--ckpt_path", "last", "--data.init_args.predict_size=2", cwd=tmp_path))
+    ok(module14("predict", *DDPM_T10, "--ckpt_path", "last", "--data.init_args.predict_size=2", cwd=tmp_path))
     (predict_run,) = set(tmp_path.glob("runs/wandb/offline-run-*")) - before
     assert not predict_run.name.endswith(run_id)  # its own run ...
     assert run_id.encode() in next(predict_run.glob("run-*.wandb")).read_bytes()  # ... in the training run's group
@@ -159,3 +158,29 @@ def test_inference_args_are_init_args_of_their_module():
 
     for module in (BetaVAEModule, DiffusionModule, GANModule, VAEModule, ViTClassifier):
         assert module.inference_args <= _init_parameters(module), module.__name__
+
+
+# A tiny ViT for two training steps, through the console script: enough to see that the run happened.
+TWO_STEPS = ["--config", "configs/vit_mnist.yaml", *TINY_VIT, "--trainer.max_steps=2", "--trainer.limit_val_batches=1",
+             "--data.init_args.num_workers=0", "--trainer.enable_model_summary=false"]
+
+
+def test_progress_bar_flag_wins_over_the_configs_progress_bar_callback(tmp_path):
+    result = ok(module14("fit", *TWO_STEPS, "--trainer.enable_progress_bar=false", cwd=tmp_path))
+    assert "trainer.enable_progress_bar=false: dropped the config's RichProgressBar callback" in result.stderr
+    assert "Epoch 0/" not in result.stdout + result.stderr  # no progress bar drawn
+    assert list(tmp_path.glob("runs/module14/*/checkpoints/last.ckpt"))
+
+
+def test_logger_false_drops_the_callbacks_that_need_a_logger(tmp_path):
+    result = ok(module14("fit", *TWO_STEPS, "--trainer.logger=false", cwd=tmp_path))
+    assert "trainer.logger=false: dropped the config's LearningRateMonitor callback (it needs a logger)" in result.stderr
+    assert (tmp_path / "checkpoints/last.ckpt").is_file()  # no logger: the trainer's default_root_dir
+    assert not (tmp_path / "runs").exists()
+
+
+def test_logger_typed_without_its_save_dir_writes_under_runs(tmp_path):
+    result = ok(module14("fit", *TWO_STEPS, "--trainer.logger=CSVLogger", cwd=tmp_path))
+    assert "CSVLogger writes under runs/ (--trainer.logger.init_args.save_dir chooses)" in result.stderr
+    assert (tmp_path / "runs/lightning_logs/version_0/metrics.csv").is_file()
+    assert (tmp_path / "runs/lightning_logs/version_0/checkpoints/last.ckpt").is_file()

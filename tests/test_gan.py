@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import copy
-import os
-import subprocess
-import sys
-import textwrap
+import functools
+import math
 from pathlib import Path
 
 import lightning as L
@@ -16,14 +14,14 @@ import torch
 from lightning.pytorch.plugins import MixedPrecision
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
-from conftest import opt_in, predict_folder
+from conftest import (PER_RANK_BUFFERS, ROOT, cpu_trainer, launch_ddp, opt_in, predict_folder, rank_state,
+                      record_rank_state)
 
+from compat import ddp_kwargs
 from lightning_modules.gan import GANModule
 from lightning_modules.metrics import SampleQualityMonitor
 from networks.gan import DCGANDiscriminator, DCGANGenerator, Discriminator, Generator
 from networks.vit import VisionTransformer
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def images_loader(n: int = 16, shape=(1, 16, 16), batch_size: int = 8) -> DataLoader:
@@ -37,12 +35,7 @@ def small_gan(cls: type[GANModule] = GANModule, **kwargs) -> GANModule:
     return cls(**{**args, **kwargs})
 
 
-def trainer(**kwargs) -> L.Trainer:
-    args = dict(
-        accelerator="cpu", devices=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
-    )
-    return L.Trainer(**{**args, **kwargs})
+trainer = functools.partial(cpu_trainer, limit_val_batches=0)  # GAN steps, without validation unless asked
 
 
 def snapshot(module: torch.nn.Module) -> list[torch.Tensor]:
@@ -58,7 +51,8 @@ def test_mlp_networks_shapes_and_logits():
     G, D = Generator(latent_dim=100, hidden_dim=256, output_dim=784), Discriminator(input_dim=784, hidden_dim=256)
     fake = G(torch.randn(4, 100))
     assert fake.shape == (4, 784) and fake.abs().max() <= 1
-    # the spec's layer widths: 100 -> 256 -> 512 -> 1024 -> 784 and 784 -> 1024 -> 512 -> 256 -> 1
+    # the layer widths of docs/guide.md (Part 3, Steps 1-2): 100 -> 256 -> 512 -> 1024 -> 784 and
+    # 784 -> 1024 -> 512 -> 256 -> 1
     assert [m.out_features for m in G.model if isinstance(m, torch.nn.Linear)] == [256, 512, 1024, 784]
     assert [m.out_features for m in D.model if isinstance(m, torch.nn.Linear)] == [1024, 512, 256, 1]
     D.model[-1].bias.data.fill_(5.0)  # a logit, not a probability: no Sigmoid squashes it into [0, 1]
@@ -158,9 +152,9 @@ def test_stock_ddp_strategy_finds_unused_parameters():
     """Each backward reaches one network: under any DDP strategy the reducer must look for unused parameters."""
     model = small_gan()
     model.trainer = trainer(devices=2, strategy="ddp")  # built, never launched: setup() runs before DDP wraps the model
-    assert not model.trainer.strategy._ddp_kwargs.get("find_unused_parameters", False)
+    assert not ddp_kwargs(model.trainer.strategy).get("find_unused_parameters", False)
     model.setup("fit")
-    assert model.trainer.strategy._ddp_kwargs["find_unused_parameters"] is True
+    assert ddp_kwargs(model.trainer.strategy)["find_unused_parameters"] is True
 
 
 # ------------------------------------------------------------------------------------------------------ resume
@@ -226,45 +220,27 @@ def test_fid_kid_logged_at_validation_end_and_kept_out_of_checkpoints(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------------- DDP
-DDP_SCRIPT = """
-import sys, torch
-sys.path.insert(0, {root!r})
-from cli import build_cli
-cli = build_cli(args={args!r}, run=False)
-cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-params = {{name: p.detach().clone() for name, p in cli.model.named_parameters()}}
-params["fid"] = cli.trainer.callback_metrics["val/fid_vit"]
-torch.save(params, {out!r} + f"/rank{{cli.trainer.global_rank}}.pt")
-"""
-
-
 def test_two_process_ddp_run_ends_with_identical_weights_and_metrics(tmp_path, data_dir):
     """gan_mnist on 2 gloo processes for 4 batches, then one validation with FID/KID synchronised across ranks."""
     vit = tiny_vit_checkpoint(tmp_path / "vit.ckpt")
-    args = [
-        "--config", str(ROOT / "configs" / "gan_mnist.yaml"), "--trainer.accelerator=cpu", "--trainer.devices=2",
-        "--trainer.strategy=ddp", "--trainer.precision=32-true", "--trainer.max_steps=8",
-        "--trainer.val_check_interval=4", "--trainer.limit_val_batches=2", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
-        "--trainer.callbacks=[]", "--trainer.enable_progress_bar=false", "--data.batch_size=16",
-        "--data.num_workers=0", "--model.hidden_dim=32", "--trainer.callbacks+=SampleQualityMonitor",
+    launch_ddp(
+        tmp_path, "fit", "--config", str(ROOT / "configs" / "gan_mnist.yaml"), "--trainer.accelerator=cpu",
+        "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.precision=32-true", "--trainer.max_steps=8",
+        "--trainer.val_check_interval=4", "--trainer.limit_val_batches=2", "--trainer.logger=false",
+        "--trainer.enable_checkpointing=false", "--trainer.callbacks=[]", "--trainer.enable_progress_bar=false",
+        "--data.batch_size=16", "--data.num_workers=0", "--model.hidden_dim=32", "--trainer.callbacks+=SampleQualityMonitor",
         "--trainer.callbacks.num_samples=32", f"--trainer.callbacks.classifier_checkpoint={vit}",
-        "--trainer.callbacks.kid_subset_size=8",
-    ]
-    script = tmp_path / "ddp_run.py"
-    script.write_text(textwrap.dedent(DDP_SCRIPT.format(root=str(ROOT), args=args, out=str(tmp_path))))
-    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "LOCAL_RANK",
-                                                             "NODE_RANK", "RANK")}
-    env = {**env, "PYTHONPATH": str(ROOT), "MODULE14_DATA_DIR": str(data_dir), "WANDB_MODE": "offline"}
-    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=240)
-    assert result.returncode == 0, result.stderr[-3000:]
-    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
-    assert rank0.keys() == rank1.keys()
-    for name in rank0:
-        assert torch.equal(rank0[name], rank1[name]), name  # weights, and the FID both ranks computed together
-    assert torch.isfinite(rank0["fid"])
+        "--trainer.callbacks.kid_subset_size=8", *record_rank_state(tmp_path),
+        timeout=240,
+    )
+    rank0, rank1 = (rank_state(tmp_path, "fit", r) for r in (0, 1))
+    assert rank0["state"].keys() == rank1["state"].keys()
+    for name in (name for name in rank0["state"] if not name.endswith(PER_RANK_BUFFERS)):
+        assert torch.equal(rank0["state"][name], rank1["state"][name]), name  # weights (and EMA), not BatchNorm stats
+    assert rank0["metrics"]["val/fid_vit"] == rank1["metrics"]["val/fid_vit"]  # the FID both ranks computed together
+    assert math.isfinite(rank0["metrics"]["val/fid_vit"])
     init = GANModule(image_shape=(1, 28, 28), hidden_dim=32)  # trained weights differ from any fresh init
-    assert not torch.equal(rank0["generator.model.0.weight"], init.generator.model[0].weight)
+    assert not torch.equal(rank0["state"]["generator.model.0.weight"], init.generator.model[0].weight)
 
 
 # ------------------------------------------------------------------------------------------ CLI: configs, predict

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
-from conftest import CSV_LOGGER, SUBSET_OPT_IN, TINY_VIT
+from conftest import CSV_LOGGER, SUBSET_OPT_IN, TINY_DDPM, TINY_VIT
 
 from lightning_modules import precision as resolver
 
@@ -15,8 +15,7 @@ FAMILIES = {
     "vit": ["--config", "configs/vit_mnist.yaml", *TINY_VIT],
     "gan": ["--config", "configs/dcgan_mnist.yaml", "--model.feature_maps=8"],
     "vae": ["--config", "configs/vae_cifar10.yaml", SUBSET_OPT_IN],
-    "diffusion": ["--config", "configs/ddpm_mnist.yaml", "--model.init_args.model_channels=16",
-                  "--model.init_args.norm_groups=8", "--model.init_args.sampling_steps=2"],
+    "diffusion": ["--config", "configs/ddpm_mnist.yaml", *TINY_DDPM],
 }
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 from torch.utils.data import DataLoader, TensorDataset
-from conftest import opt_in, predict_folder
+from conftest import cpu_trainer, opt_in, predict_folder
 
 from datamodules import MNISTDataModule
 from lightning_modules.vae import (
@@ -28,12 +28,6 @@ from networks.vae import VAE, ConvVAE, reparameterize
 PANEL_CONFIGS = ["vae_mnist", "betavae_celeba"]
 
 
-def _trainer(**kwargs) -> L.Trainer:
-    defaults = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                    enable_model_summary=False)
-    return L.Trainer(**(defaults | kwargs))
-
-
 def _level_images(n: int, shape: tuple[int, int, int], low: float = 0.0, high: float = 1.0) -> torch.Tensor:
     """Random 8-bit images in [low, high]."""
     return torch.randint(0, 256, (n, *shape)) / 255.0 * (high - low) + low
@@ -43,7 +37,7 @@ def _level_images(n: int, shape: tuple[int, int, int], low: float = 0.0, high: f
 def test_spec_networks_keep_layers_and_return_logits():
     vae = VAE()
     assert [vae.encoder.fc1.in_features, vae.encoder.fc1.out_features, vae.encoder.fc_mu.out_features] == [784, 400, 20]
-    assert sum(p.numel() for p in vae.parameters()) == 652_824  # the spec's 784-400-20-400-784
+    assert sum(p.numel() for p in vae.parameters()) == 652_824  # docs/guide.md's 784-400-20-400-784 (Part 2)
     logits, mu, logvar = vae(torch.rand(5, 784))
     assert logits.shape == (5, 784) and mu.shape == logvar.shape == (5, 20)
     assert logits.min() < 0 or logits.max() > 1  # logits, not probabilities
@@ -158,7 +152,7 @@ def test_training_terms_are_logged_on_the_loggers_steps_and_averaged_over_the_ep
     loader = DataLoader(TensorDataset(_level_images(40, (1, 28, 28)), torch.zeros(40)), batch_size=8)  # 5 batches
     recorder = _Recorder()
     logger = CSVLogger(tmp_path)
-    trainer = _trainer(max_epochs=1, limit_val_batches=0, log_every_n_steps=2, logger=logger, callbacks=[recorder])
+    trainer = cpu_trainer(max_epochs=1, limit_val_batches=0, log_every_n_steps=2, logger=logger, callbacks=[recorder])
     trainer.fit(model, train_dataloaders=loader)
     rows = list(csv.DictReader(open(Path(logger.log_dir) / "metrics.csv")))
     assert [int(row["step"]) for row in rows if row.get("train/loss_step")] == [1, 3]
@@ -187,7 +181,7 @@ def test_loss_decreases_on_mnist_and_beta_4_has_lower_kl(data_dir, one_thread):
         L.seed_everything(0)
         model = VAEModule(hidden_dim=200, latent_dim=10, beta=beta)
         recorder = _Recorder()
-        _trainer(max_steps=200, limit_val_batches=0, callbacks=[recorder]).fit(model, train_dataloaders=data)
+        cpu_trainer(max_steps=200, limit_val_batches=0, callbacks=[recorder]).fit(model, train_dataloaders=data)
         with torch.no_grad():
             kls[beta] = gaussian_kl(*model.net.encode(probe)).mean().item()
         losses[beta] = recorder.losses
@@ -203,8 +197,8 @@ def test_bf16_mixed_trains_validates_tests_and_round_trips_a_checkpoint(tmp_path
                           kl_warmup_steps=10)
     images = TensorDataset(_level_images(16, (3, 32, 32), -1, 1), torch.zeros(16))
     loader = DataLoader(images, batch_size=8)
-    trainer = _trainer(precision="bf16-mixed", max_steps=3, limit_val_batches=1, num_sanity_val_steps=0,
-                       log_every_n_steps=1)
+    trainer = cpu_trainer(precision="bf16-mixed", max_steps=3, limit_val_batches=1, num_sanity_val_steps=0,
+                          log_every_n_steps=1)
     trainer.fit(model, loader, loader)
     metrics = {k: v for k, v in trainer.callback_metrics.items()}
     for name in ("train/loss_step", "train/active_units", "val/nelbo", "val/iwae_nll", "val/bpd", "val/active_units"):

@@ -8,7 +8,7 @@ from networks.vit import MultiHeadSelfAttention, PatchEmbedding, VisionTransform
 
 
 def explicit_attention(attn: MultiHeadSelfAttention, x: torch.Tensor) -> torch.Tensor:
-    """The spec's formulation: softmax(q k^T * d^-1/2) v, written out."""
+    """The formulation of docs/guide.md (Part 1, Step 3): softmax(q k^T * d^-1/2) v, written out."""
     B, N, C = x.shape
     qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv[0], qkv[1], qkv[2]

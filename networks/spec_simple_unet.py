@@ -1,6 +1,6 @@
-"""The spec's ``SimpleUNet`` (module14_guide.md, Part 4, Step 2), verbatim but for imports: the baseline for
+"""The guide's ``SimpleUNet`` (docs/guide.md, Part 4, Step 2), verbatim but for imports: the baseline for
 ``benchmarks/unet_throughput.py`` and the counter-example in ``tests/test_diffusion.py`` (its output ignores t).
-Do not use it for anything else: it computes a timestep embedding and never uses it.
+Do not use it for anything else: it computes a timestep embedding and never uses it (docs/guide_notes.md).
 """
 
 import math
