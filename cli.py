@@ -139,6 +139,31 @@ def read_checkpoint(path: str) -> dict:
 NOT_FROM_CHECKPOINT = ("_class_path", "_instantiator", "compile")
 
 
+RENAMED_HYPERPARAMETERS = {  # old name -> what replaced it (issue 12's one vocabulary)
+    "arch": "architecture", "gradient_clip_val": "grad_clip_norm", "generator_ema": "ema", "sample_seed": "noise_seed",
+    "normalization": "value_range (linked from data.normalization)",
+    "quality_num_samples": "the SampleQualityMonitor callback",
+    "fid_every_n_epochs": "the SampleQualityMonitor callback",
+}
+
+
+def _refuse_unknown_hyperparameters(ckpt_path: str, hparams: dict, model_class: type) -> None:
+    """A checkpoint whose hyperparameters the model no longer takes was written by another version of module14: say
+    which, and what replaced them, instead of Lightning's ``unexpected keyword argument`` while instantiating."""
+    parameters = inspect.signature(model_class.__init__).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return
+    unknown = sorted(hparams.keys() - parameters.keys())
+    if unknown:
+        replaced = "; ".join(f"{key} is now {RENAMED_HYPERPARAMETERS[key]}" for key in unknown
+                             if key in RENAMED_HYPERPARAMETERS)
+        raise CheckpointError(
+            f"checkpoint '{ckpt_path}' was written by another version of module14: {model_class.__name__} takes no "
+            f"hyperparameter(s) {', '.join(unknown)}{f' ({replaced})' if replaced else ''}. Train a new run, or use "
+            f"the module14 version that wrote it (its config.yaml sits beside the checkpoint)."
+        )
+
+
 def refuse_remote(ckpt_path: str) -> None:
     """A checkpoint given as a URL (``http://``, ``s3://``, any ``://``) is refused before anything loads it."""
     if "://" in ckpt_path:
@@ -368,6 +393,7 @@ class Module14CLI(CLIHooks):
         from the checkpoint's is refused: the checkpoint was trained with its value, and silently replacing what the
         user typed is worse than saying so.
         """
+        _refuse_unknown_hyperparameters(ckpt_path, hparams, model_class)
         inference = getattr(model_class, "inference_args", frozenset())
         for key in sorted(self._typed_model_args & hparams.keys() - inference):
             typed, saved = self._typed_values.get(key), hparams[key]

@@ -1,5 +1,5 @@
 """Test helpers importable by CLI runs: a callback recording every rank's weights and metrics, a model that goes NaN,
-a callback that sends the process a signal."""
+a callback that sends the process a signal, one that makes ``compile: true`` use the fast ``aot_eager`` backend."""
 
 from __future__ import annotations
 
@@ -11,9 +11,13 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from compat import is_compiled
+from lightning_modules import compiling
+
 
 class RecordRankState(Callback):
-    """Writes ``{stage}_rank{r}.pt`` = {"state": model state_dict, "metrics": callback_metrics} into ``folder``."""
+    """Writes ``{stage}_rank{r}.pt`` = {"state": model state_dict, "metrics": callback_metrics, "compiled": names of
+    the compiled child networks} into ``folder``."""
 
     def __init__(self, folder: str) -> None:
         super().__init__()
@@ -25,6 +29,7 @@ class RecordRankState(Callback):
             {
                 "state": {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()},
                 "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+                "compiled": [name for name, child in pl_module.named_children() if is_compiled(child)],
             },
             self.folder / f"{stage}_rank{trainer.global_rank}.pt",
         )
@@ -61,3 +66,12 @@ class NaNAfterStep(ViTClassifier):
     def training_step(self, batch, batch_idx):
         loss = super().training_step(batch, batch_idx)
         return loss * float("nan") if self.global_step >= self.hparams.nan_step else loss
+
+
+class CompileWithAotEager(Callback):
+    """``compile: true`` with the ``aot_eager`` backend (Dynamo capture and AOT autograd, no inductor code generation)
+    in this process: set when the CLI builds the callbacks, before ``configure_model`` compiles."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        compiling.BACKEND = "aot_eager"

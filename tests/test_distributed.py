@@ -77,3 +77,21 @@ def test_generative_ddp_ranks_agree_and_files_are_written_once(tmp_path, family)
     launch_ddp(tmp_path, "predict", *run, "--data.predict_size=5", f"--ckpt_path={checkpoint}")
     outputs = {p.name for p in (tmp_path / "outputs").glob("*/*/*.png")}  # outputs/<config>/<this predict>/
     assert outputs == {f"{i:06d}.png" for i in range(5)} | {"grid.png"}  # every sample exactly once, one grid
+
+
+def test_compiled_networks_train_under_ddp_and_checkpoint_the_eager_keys(tmp_path):
+    """compile: true is applied on every rank before DDP wraps the model; the ranks stay in step and the checkpoint
+    keys are the eager model's (issue 14)."""
+    run = [*GENERATIVE["vae"], *CSV_LOGGER, *DDP, "--model.init_args.compile=true", "--data.batch_size=8",
+           "--data.num_workers=0", "--trainer.enable_model_summary=false",
+           "--trainer.callbacks+=rank_state.CompileWithAotEager"]
+    launch_ddp(tmp_path, "fit", *run, "--trainer.max_steps=3", "--trainer.limit_val_batches=1",
+               *record_rank_state(tmp_path / "ddp"))
+    rank0, rank1 = rank_state(tmp_path / "ddp", "fit", 0), rank_state(tmp_path / "ddp", "fit", 1)
+    assert rank0["compiled"] == rank1["compiled"] == ["net"]
+    assert_same_weights(rank0["state"], rank1["state"])
+    (checkpoint,) = tmp_path.glob("runs/lightning_logs/version_0/checkpoints/last.ckpt")
+    saved = torch.load(checkpoint, weights_only=True)
+    assert saved["global_step"] == 3
+    assert saved["state_dict"].keys() == rank0["state"].keys()
+    assert not any("_orig_mod" in key for key in saved["state_dict"])

@@ -73,10 +73,12 @@ def _bad_checkpoints(folder: Path, good: Path) -> dict[str, Path]:
     missing = {**checkpoint, "state_dict": dict(list(checkpoint["state_dict"].items())[1:])}
     shapes = {**checkpoint, "state_dict": {k: v[..., :1] if v.dim() else v for k, v in checkpoint["state_dict"].items()}}
     other_module = {**checkpoint, "hyper_parameters": {**checkpoint["hyper_parameters"], "_class_path": "this.ViTClassifier"}}
+    older = {**checkpoint, "hyper_parameters": {**checkpoint["hyper_parameters"], "arch": "vit", "old_flag": 1}}
     nan = {**checkpoint, "state_dict": {k: v * float("nan") if v.is_floating_point() else v
                                         for k, v in checkpoint["state_dict"].items()}}
     contents = {"empty": None, "tensor": torch.zeros(3), "list": [1, 2], "no_state_dict": {"epoch": 1}, "nan_weights": nan,
-                "pickled_code": {**checkpoint, "hook": _RunsCode()}, "missing_key": missing, "wrong_shape": shapes, "class_from_another_module": other_module}
+                "pickled_code": {**checkpoint, "hook": _RunsCode()}, "missing_key": missing, "wrong_shape": shapes, "class_from_another_module": other_module,
+                "older_module14": older}
     paths = {}
     for name, content in contents.items():
         paths[name] = folder / f"{name}.ckpt"
@@ -96,6 +98,8 @@ def _bad_checkpoints(folder: Path, good: Path) -> dict[str, Path]:
     ("missing_key", r"do not fit the model the config builds \(Missing key\(s\) in state_dict: .*net\."),
     ("wrong_shape", r"do not fit the model the config builds \(size mismatch for net\."),
     ("class_from_another_module", r"names the model class 'this.ViTClassifier', which is neither the config's"),
+    ("older_module14", r"written by another version of module14: ViTClassifier takes no hyperparameter\(s\) arch, "
+                       r"old_flag \(arch is now architecture\)\. Train a new run"),
     ("nan_weights", r"holds NaN or infinite weights \(.* and \d+ more\): it was saved after training diverged"),
 ])
 def test_unusable_checkpoint_is_one_clear_error(run_cli, tmp_path, vit_checkpoint, case, message):
