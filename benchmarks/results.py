@@ -299,8 +299,10 @@ def budget_cell(row: Row, record: dict) -> str:
     batches = "/".join(str(r["batches"]) for r in runs)
     wall = "/".join(f"{r['wall_s'] / 60:.1f}" for r in runs)
     load = "/".join(f"{r['load_avg_at_start']:.1f}" for r in runs)
+    precisions = [r["precision"] for r in runs]  # precision: null is timed per run, so seeds may differ
+    precision = precisions[0] if len(set(precisions)) == 1 else "/".join(precisions)
     return (f"{variant}{batches} batches of {runs[0]['batch_size']} ({runs[0]['epochs']} epochs), fit {wall} min, "
-            f"{runs[0]['precision']}"
+            f"{precision}"
             f"<br>load average at start {load}")
 
 
