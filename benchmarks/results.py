@@ -94,7 +94,7 @@ ROWS: dict[str, Row] = {
     "gan_mnist": Row("gan_mnist", "gan", _GAN_FID, grid="generator", overrides=_mnist_fid(),
                      cpu_budget=("--trainer.max_epochs=2",), needs_classifier=True),
     "dcgan_mnist": Row("dcgan_mnist", "gan", _GAN_FID, grid="generator_ema", overrides=_mnist_fid(),
-                       cpu_budget=("--trainer.max_epochs=1",), seeds=(0, 1, 2), needs_classifier=True),
+                       cpu_budget=("--trainer.max_epochs=3",), seeds=(0, 1, 2), needs_classifier=True),
     "dcgan_cifar10": Row("dcgan_cifar10", "gan", (), grid="generator_ema", cpu_budget=_CIFAR_CPU, needs_gpu=True),
     "dcgan_celeba": Row("dcgan_celeba", "gan", (), grid="generator_ema", cpu_budget=_CIFAR_CPU, needs_gpu=True),
     "ddpm_mnist": Row("ddpm_mnist", "diffusion", ("test/loss",), grid="samples",
