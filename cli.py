@@ -150,10 +150,7 @@ RENAMED_HYPERPARAMETERS = {  # old name -> what replaced it (issue 12's one voca
 def _refuse_unknown_hyperparameters(ckpt_path: str, hparams: dict, model_class: type) -> None:
     """A checkpoint whose hyperparameters the model no longer takes was written by another version of module14: say
     which, and what replaced them, instead of Lightning's ``unexpected keyword argument`` while instantiating."""
-    parameters = inspect.signature(model_class.__init__).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
-        return
-    unknown = sorted(hparams.keys() - parameters.keys())
+    unknown = sorted(hparams.keys() - _init_parameters(model_class))
     if unknown:
         replaced = "; ".join(f"{key} is now {RENAMED_HYPERPARAMETERS[key]}" for key in unknown
                              if key in RENAMED_HYPERPARAMETERS)

@@ -118,7 +118,7 @@ class ClassifierFeatures(nn.Module):
             raise ValueError(
                 f"'{checkpoint}' does not record the mean/std its images were standardised with "
                 f"(normalization_mean_std; checkpoints of module14 before it was linked from the data lack it). "
-                f"Train the classifier again with `module14 fit` (e.g. configs/vit_mnist.yaml, 4 CPU minutes)."
+                f"Train the classifier again with `module14 fit` (e.g. configs/vit_mnist.yaml)."
             )
         channels, size, _ = hp["image_shape"]
         self.net = VisionTransformer(

@@ -115,7 +115,8 @@ class VAEModule(L.LightningModule):
 
     ``image_shape`` and ``value_range`` come from the datamodule when run through the CLI.
 
-    Logged (nats per image; ``train/*`` per step and epoch, ``val/*`` and ``test/*`` per epoch, synced across ranks):
+    Logged (nats per image; ``train/*_step`` on the steps the logger writes and ``train/*_epoch`` over every batch,
+    ``val/*`` and ``test/*`` per epoch, synced across ranks):
     ``loss`` (the beta-weighted objective), ``recon`` (-log p(x|z)), ``kl``, ``nelbo`` (recon + kl: the negative
     ELBO), ``active_units``; ``train/beta`` (with a KL warm-up) and ``train/gaussian_scale`` (when learned); in
     validation/test ``iwae_nll`` (when k > 0) and, where the likelihood is normalised, ``bpd`` and ``iwae_bpd``.
@@ -303,7 +304,7 @@ class VAEModule(L.LightningModule):
         recon, kl, mu = self._elbo_terms(x)
         beta = self.beta_now()
         loss = (recon + beta * kl).mean()
-        terms = {"loss": loss, "recon": recon.mean(), "kl": kl.mean(), "nelbo": (recon + kl).mean()}
+        terms = self._batch_terms(recon, kl, loss)
         self.train_means.update(terms, x.shape[0])
         self.train_active.update(mu)
         if logger_writes_this_step(self):  # logging every step would cost ~1/4 of an MLP VAE's step on a CPU
@@ -322,9 +323,14 @@ class VAEModule(L.LightningModule):
         self.log_dict({f"train/{name}_epoch": value for name, value in means.items()}, on_epoch=True)
         self.log("train/active_units", self.train_active, on_epoch=True)
 
+    @staticmethod
+    def _batch_terms(recon: Tensor, kl: Tensor, loss: Tensor) -> dict[str, Tensor]:
+        """The batch means logged in every stage (``TRAIN_TERMS``): the objective, its two terms and the -ELBO."""
+        return {"loss": loss, "recon": recon.mean(), "kl": kl.mean(), "nelbo": (recon + kl).mean()}
+
     def _log_terms(self, stage: str, recon: Tensor, kl: Tensor, mu: Tensor, loss: Tensor) -> None:
         """Validation/test: per-image terms -> epoch means (synced across ranks) and active units."""
-        values = {"loss": loss, "recon": recon.mean(), "kl": kl.mean(), "nelbo": (recon + kl).mean()}
+        values = self._batch_terms(recon, kl, loss)
         if self.reports_bits_per_dim:
             values["bpd"] = values["nelbo"] / (math.prod(self.image_shape) * math.log(2))
         self.log_dict(
