@@ -23,7 +23,7 @@ import lightning as L
 import numpy as np
 import torch
 import yaml
-from jsonargparse import Namespace
+from jsonargparse import ArgumentParser, Namespace
 from lightning.pytorch.callbacks import DeviceStatsMonitor, LearningRateMonitor, ProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, SaveConfigCallback
 from lightning.pytorch.plugins import TorchCheckpointIO
@@ -72,19 +72,12 @@ class RunConfigSaver(SaveConfigCallback):
 
 
 def _init_parameters(class_type: type) -> set[str]:
-    """Names ``class_type(...)`` accepts, following ``**kwargs`` up to the parents' ``__init__`` (as jsonargparse does).
-
-    E.g. ``BetaVAEModule(*args, beta=4.0, **kwargs)`` accepts every ``VAEModule`` argument.
-    """
-    names: set[str] = set()
-    for cls in class_type.__mro__:
-        if "__init__" not in vars(cls):
-            continue
-        parameters = inspect.signature(vars(cls)["__init__"]).parameters.values()
-        names |= {p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
-        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
-            break
-    return names
+    """Names ``class_type(...)`` accepts, with the ``**kwargs`` it forwards resolved as the CLI resolves them: to a
+    parent's ``__init__`` (``BetaVAEModule`` takes every ``VAEModule`` argument) or to the network it builds
+    (``ViTClassifier`` takes ``VisionTransformer``'s)."""
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(class_type, fail_untyped=False)
+    return {key.split(".", 1)[0] for key in parser.get_defaults().keys()}
 
 
 class CheckpointError(ValueError):
@@ -552,11 +545,22 @@ _received_sigint: list[int] = []
 
 
 def user_message(err: BaseException) -> str:
-    """The error's message. One raised in a DataLoader worker arrives with the worker's traceback prepended ("Caught
-    X in DataLoader worker process 0. Original Traceback ..."); only the original message is kept."""
+    """The error's message, without what hides it:
+
+    - one raised in a DataLoader worker arrives with the worker's traceback prepended ("Caught X in DataLoader worker
+      process 0. Original Traceback ..."): only the original message is kept;
+    - one raised by a model or datamodule's ``__init__`` arrives inside jsonargparse's "Does not validate against any
+      of the Union subtypes" report, with the whole config namespace: only the constructor's own messages are kept
+      (not the "Expected a <class 'NoneType'>" of the ``None`` alternative).
+    """
     message = str(err)
     if message.startswith("Caught ") and "\nOriginal Traceback" in message:
         return message.rsplit(f"{type(err).__name__}: ", 1)[-1].strip()
+    if message.startswith("Does not validate against any of the Union subtypes"):
+        reasons = [line.strip()[2:] for line in message.splitlines() if line.lstrip().startswith("- ")]
+        reasons = [reason for reason in reasons if not reason.startswith("Expected a <class")]
+        if reasons:
+            return "\n".join(reasons)
     return message
 
 

@@ -19,20 +19,21 @@ from networks.vit import VisionTransformer
 class ViTClassifier(L.LightningModule):
     """Vision Transformer trained with cross-entropy.
 
-    ``image_shape``, ``num_classes`` and ``normalization_mean_std`` come from the datamodule when run through the CLI. The network defaults are
-    ViT-B/16; the configs use small ViTs for MNIST and CIFAR-10.
+    ``image_shape``, ``num_classes`` and ``normalization_mean_std`` come from the datamodule when run through the CLI.
+    The network's arguments are ``VisionTransformer``'s (defaults ViT-B/16); the configs use small ViTs for MNIST and
+    CIFAR-10.
 
     Args:
         image_shape: (channels, height, width) of the input images.
         num_classes: number of classes.
         normalization_mean_std: the per-channel (mean, std) the training images were standardised with; recorded in
             the checkpoint so that FID on this classifier's features (``ClassifierFeatures``) can standardise alike.
-        patch_size, embed_dim, depth, num_heads, mlp_ratio, dropout, attn_dropout: the ``VisionTransformer``
-            arguments (``attn_dropout: null`` = ``dropout``, as in the guide, ``docs/guide.md``; 0 keeps attention on the fused SDPA kernels).
         label_smoothing: cross-entropy label smoothing in [0, 1).
         lr: peak AdamW learning rate; weight_decay: AdamW decay on weight matrices only.
         warmup_fraction: fraction of all training steps spent in linear warm-up before the cosine decay.
         compile: run the network through ``torch.compile`` (see ``lightning_modules/compiling.py``).
+        **network: ``VisionTransformer``'s arguments, stated there (``patch_size``, ``embed_dim``, ``depth``,
+            ``num_heads``, ``mlp_ratio``, ``dropout``, ``attn_dropout``); the CLI offers them as ``--model.init_args.*``.
     """
 
     inference_args: ClassVar[frozenset[str]] = frozenset()  # every argument shapes the trained model (see cli.py)
@@ -42,18 +43,12 @@ class ViTClassifier(L.LightningModule):
         image_shape: tuple[int, int, int] = (3, 224, 224),
         num_classes: int = 1000,
         normalization_mean_std: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
-        patch_size: int = 16,
-        embed_dim: int = 768,
-        depth: int = 12,
-        num_heads: int = 12,
-        mlp_ratio: float = 4.0,
-        dropout: float = 0.1,
-        attn_dropout: float | None = None,
         label_smoothing: float = 0.0,
         lr: float = 1e-3,
         weight_decay: float = 0.05,
         warmup_fraction: float = 0.05,
         compile: bool = False,
+        **network,
     ) -> None:
         super().__init__()
         if num_classes is None or num_classes < 2:
@@ -67,11 +62,7 @@ class ViTClassifier(L.LightningModule):
         channels, height, width = image_shape
         if height != width:
             raise ValueError(f"ViT expects square images, got {height}x{width}.")
-        self.net = VisionTransformer(
-            img_size=height, patch_size=patch_size, in_channels=channels, num_classes=num_classes,
-            embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout,
-            attn_dropout=attn_dropout,
-        )
+        self.net = VisionTransformer(img_size=height, in_channels=channels, num_classes=num_classes, **network)
         metrics = {"acc": MulticlassAccuracy(num_classes, top_k=1)}
         if num_classes >= 5:
             metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5)

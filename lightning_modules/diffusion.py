@@ -33,8 +33,6 @@ class DiffusionModule(L.LightningModule):
     Args:
         image_shape: (channels, height, width), from the datamodule.
         value_range: the data's value range, from the datamodule; must be (-1, 1), which the noise schedule assumes.
-        model_channels, num_res_blocks, channel_mult, attention_levels, num_heads, dropout, norm_groups: the
-            ``SimpleUNet`` arguments.
         num_timesteps, schedule, beta_start, beta_end, prediction: the ``GaussianDiffusion`` arguments (T, "linear"
             or "cosine" β schedule, and whether the network predicts "eps", "x0" or "v").
         lr: AdamW learning rate, reached after ``warmup_steps`` of linear warm-up and then held (as in DDPM).
@@ -50,6 +48,9 @@ class DiffusionModule(L.LightningModule):
         trajectory_grid: also log a grid of x̂_0 along the sampling trajectory with the sample grids.
         compile: run the trained U-Net through ``torch.compile`` (see ``lightning_modules/compiling.py``); the EMA
             copy, which samples, stays eager.
+        **unet: ``SimpleUNet``'s arguments, stated there (``model_channels``, ``num_res_blocks``, ``channel_mult``,
+            ``attention_levels``, ``num_heads``, ``dropout``, ``norm_groups``); the CLI offers them as
+            ``--model.init_args.*``.
     """
 
     # Chosen at inference time: with --ckpt_path a typed value wins over the checkpoint's (see cli.py).
@@ -61,13 +62,6 @@ class DiffusionModule(L.LightningModule):
         self,
         image_shape: tuple[int, int, int] = (1, 32, 32),
         value_range: tuple[float, float] | None = VALUE_RANGES["minus_one_one"],
-        model_channels: int = 64,
-        num_res_blocks: int = 2,
-        channel_mult: tuple[int, ...] = (1, 2, 4),
-        attention_levels: tuple[int, ...] = (),
-        num_heads: int = 1,
-        dropout: float = 0.0,
-        norm_groups: int = 8,
         num_timesteps: int = 1000,
         schedule: Schedule = "linear",
         beta_start: float = 1e-4,
@@ -86,6 +80,7 @@ class DiffusionModule(L.LightningModule):
         noise_seed: int = 0,
         trajectory_grid: bool = True,
         compile: bool = False,
+        **unet,
     ) -> None:
         super().__init__()
         self.value_range = require_value_range(
@@ -109,11 +104,7 @@ class DiffusionModule(L.LightningModule):
                 f"steps; leave sampling_steps null or use sampler: ddim."
             )
         self.save_hyperparameters()
-        self.net = SimpleUNet(
-            in_channels=image_shape[0], model_channels=model_channels, num_res_blocks=num_res_blocks,
-            channel_mult=tuple(channel_mult), attention_levels=tuple(attention_levels), num_heads=num_heads,
-            dropout=dropout, norm_groups=norm_groups,
-        )
+        self.net = SimpleUNet(in_channels=image_shape[0], **unet)
         self.ema = EMA(self.net, decay=ema_decay, warmup=ema_warmup)
         self.diffusion = GaussianDiffusion(
             num_timesteps, schedule, beta_start, beta_end, prediction=prediction, clip_range=self.value_range

@@ -118,8 +118,16 @@ class TransformerBlock(nn.Module):
 class VisionTransformer(nn.Module):
     """ViT classifier: patch embedding, class token, position embedding, ``depth`` blocks, LayerNorm, linear head.
 
-    Defaults are ViT-B/16 at 224px with 1000 classes. For 32px data use e.g. ``patch_size=4``. ``attn_dropout``
-    defaults to ``dropout`` (the guide's); see ``MultiHeadSelfAttention`` for why configs set it to 0.
+    Defaults are ViT-B/16 at 224px with 1000 classes. For 32px data use e.g. ``patch_size=4``.
+
+    Args:
+        img_size, in_channels, num_classes: the images' side and channels, and the number of classes.
+        patch_size: side of the square patches; must divide ``img_size``.
+        embed_dim, depth, num_heads: token width, number of blocks, attention heads (must divide ``embed_dim``).
+        mlp_ratio: the blocks' MLP width as a multiple of ``embed_dim``.
+        dropout: dropout on the position-embedded tokens, attention output and MLP.
+        attn_dropout: dropout on the attention weights; ``None`` = ``dropout`` (the guide's). Configs set 0, as the
+            ViT paper does: see ``MultiHeadSelfAttention``.
     """
 
     def __init__(

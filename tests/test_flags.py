@@ -184,3 +184,12 @@ def test_logger_typed_without_its_save_dir_writes_under_runs(tmp_path):
     assert "CSVLogger writes under runs/ (--trainer.logger.init_args.save_dir chooses)" in result.stderr
     assert (tmp_path / "runs/lightning_logs/version_0/metrics.csv").is_file()
     assert (tmp_path / "runs/lightning_logs/version_0/checkpoints/last.ckpt").is_file()
+
+
+def test_bad_model_value_is_one_line_naming_the_setting(tmp_path):
+    """A value the model's constructor refuses: exit 1 with its message alone, not jsonargparse's Union report."""
+    result = module14("fit", *DDPM_T10, "--model.init_args.ddim_eta=3", "--trainer.fast_dev_run=true", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "error: model.ddim_eta=3.0 must be in [0, 1]" in result.stderr
+    assert "Union subtypes" not in result.stderr and "Namespace(" not in result.stderr
+    assert "Traceback" not in result.stderr and not list(tmp_path.rglob("*.ckpt"))
