@@ -159,3 +159,12 @@ def test_random_augmentation_keeps_the_per_item_pil_path(data_dir):
     dm.setup("fit")
     assert not isinstance(dm.train_set.dataset, InMemoryImages)  # RandomCrop per image, as before
     assert isinstance(dm.val_set.dataset, InMemoryImages)
+
+
+@pytest.mark.parametrize("pin_memory", [False, True])
+def test_pin_memory_reaches_every_loader(data_dir, pin_memory):
+    dm = MNISTDataModule(data_dir=str(data_dir), val_size=100, batch_size=8, num_workers=0, pin_memory=pin_memory)
+    dm.setup("fit")
+    dm.setup("test")
+    assert {dm.train_dataloader().pin_memory, dm.val_dataloader().pin_memory, dm.test_dataloader().pin_memory} == {
+        pin_memory}

@@ -336,3 +336,27 @@ def test_fid_kid_logged_at_validation_end_with_classifier_features(run_cli, vit_
     assert metrics["val/fid_vit"] > 0
     saved = torch.load(cli.trainer.checkpoint_callback.last_model_path, weights_only=False)["state_dict"]
     assert set(saved) == set(cli.model.state_dict())  # the feature network is the callback's, not saved
+
+
+# --------------------------------------------------------------------------------- options the configs leave default
+def test_schedule_endpoints_ancestral_variance_and_ema_warmup_reach_the_parts():
+    """beta_start/beta_end set DDPM's linear schedule; ddpm_variance picks σ² = β_t ("beta") or β̃_t ("posterior") for
+    the ancestral sampler; ema_warmup=False decays at the fixed rate from the first update."""
+    module = tiny_module(beta_start=2e-4, beta_end=0.05, ddpm_variance="beta", ema_warmup=False, ema_decay=0.9)
+    torch.testing.assert_close(module.diffusion.betas, torch.linspace(2e-4, 0.05, 100, dtype=torch.float64))
+    assert module.ema.current_decay() == 0.9  # with warm-up the first decay would be min(0.9, 1/10) = 0.1
+    assert tiny_module().ema.current_decay() == pytest.approx(0.1)
+
+    calls = []
+    sample = module.diffusion.sample
+    module.diffusion.sample = lambda *a, **kw: calls.append(kw["variance"]) or sample(*a, **kw)
+    module.sample(2, torch.Generator().manual_seed(0), sampler="ddpm", num_steps=None)
+    assert calls == ["beta"]
+    x_t, t = torch.randn(2, 1, 32, 32), torch.tensor([50, 3])
+    _, var, _ = module.diffusion.ddpm_mean_variance(module.ema.module, x_t, t, "beta")
+    torch.testing.assert_close(var[:, 0, 0, 0], module.diffusion.betas[t].float())
+
+
+def test_trajectory_grid_off_logs_only_the_samples():
+    panels = tiny_module(trajectory_grid=False).sample_images(torch.zeros(4, 1, 32, 32), torch.Generator())
+    assert list(panels) == ["samples"] and panels["samples"].shape == (4, 1, 32, 32)

@@ -281,3 +281,8 @@ def test_resumes_exactly_mid_epoch_with_kl_warmup(run_cli, tmp_path):
     resume_matches_uninterrupted(run_cli, tmp_path, ["--config", "configs/betavae_mnist.yaml", "--model.hidden_dim=32",
                                                      "--model.kl_warmup_steps=10", "--data.batch_size=16"],
                                  total_steps=6)
+
+
+def test_active_unit_threshold_reaches_the_metrics():
+    model = VAEModule(hidden_dim=16, latent_dim=4, active_unit_threshold=0.5)
+    assert {m.threshold for m in (model.train_active, model.val_active, model.test_active)} == {0.5}
