@@ -262,16 +262,35 @@ def _default_logger_save_dir(config: Namespace) -> None:
                      f"(--trainer.logger.init_args.save_dir chooses)")
 
 
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+# Read before the config a user passes: the logger and callbacks every experiment shares.
+BASE_CONFIG = Path(__file__).resolve().parent / "configs" / "base.yaml"
+
+
+def _default_logger_name(config: Namespace) -> None:
+    """A W&B logger left without a ``name`` is named after the experiment: the first ``--config`` file's name."""
+    configs = [Path(str(path)) for path in config.get("config") or []]
+    trainer = config.get("trainer")
+    loggers = trainer.get("logger") if isinstance(trainer, Namespace) else None
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        init_args = logger.get("init_args") if isinstance(logger, Namespace) else None
+        if configs and isinstance(init_args, Namespace) and "name" in init_args and init_args.name is None:
+            if logger.class_path.rsplit(".", 1)[-1] == "WandbLogger":
+                init_args.name = configs[0].stem
+
+
 class Module14Parser(ParserBeforeValidation):
     """The CLI's parser: a ``data.data_dir`` left null is the data root actually used (``$MODULE14_DATA_DIR`` or
     ``./data``, resolved), so ``--print_config`` and the saved ``config.yaml`` record where the data came from; a
-    logger typed without the ``save_dir`` it requires writes under ``runs/``."""
+    logger typed without the ``save_dir`` it requires writes under ``runs/``; a W&B logger without a name takes the
+    experiment's (the first ``--config`` file's name)."""
 
     def before_validation(self, cfg: Namespace) -> None:
-        for config in [cfg, *(cfg.get(name) for name in ("fit", "validate", "test", "predict"))]:
+        for config in [cfg, *(cfg.get(name) for name in SUBCOMMANDS)]:
             if isinstance(config, Namespace):
                 _record_data_dir(config)
                 _default_logger_save_dir(config)
+                _default_logger_name(config)
 
 
 # Callbacks that Lightning refuses in a trainer without a logger: what they measure goes to the logger.
@@ -580,6 +599,7 @@ def build_cli(args: ArgsType = None, run: bool = True) -> Module14CLI:
         subclass_mode_data=True,
         save_config_callback=RunConfigSaver,
         parser_class=Module14Parser,
+        parser_kwargs={command: {"default_config_files": [str(BASE_CONFIG)]} for command in SUBCOMMANDS},
         seed_everything_default=42,
         args=args,
         run=run,

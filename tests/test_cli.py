@@ -99,3 +99,18 @@ def test_classifier_on_a_dataset_without_classes_is_a_clear_error(run_cli):
     with pytest.raises(ValueError, match="needs a dataset with single-label classes"):
         run_cli("fit", "--config", "configs/vit_mnist.yaml", "--data=CelebADataModule",
                 SUBSET_OPT_IN, "--trainer.fast_dev_run=true")
+
+
+@pytest.mark.parametrize("config", ["vit_mnist", "gan_mnist"])
+def test_configs_add_their_callbacks_to_the_shared_base(tmp_path, config):
+    """configs/base.yaml is read first: its logger (named after the config) and callbacks, then the experiment's."""
+    result = module14("fit", "--config", f"configs/{config}.yaml", "--print_config", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    trainer = yaml.safe_load(result.stdout)["trainer"]
+    (logger,) = trainer["logger"]
+    assert logger["class_path"].endswith("WandbLogger") and logger["init_args"]["name"] == config
+    assert logger["init_args"]["project"] == "module14" and logger["init_args"]["save_dir"] == "runs"
+    names = [c["class_path"].rsplit(".", 1)[-1] for c in trainer["callbacks"]]
+    writer = "ClassificationWriter" if config.startswith("vit") else "ImageWriter"
+    assert names[:2] == ["LearningRateMonitor", "RichProgressBar"] and "RunCheckpoint" in names and writer in names
+    assert trainer["precision"] is None
