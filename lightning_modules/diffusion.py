@@ -165,8 +165,13 @@ class DiffusionModule(L.LightningModule):
 
     # --------------------------------------------------------------------------------------------- sampling
     def _autocast(self):
-        """The trainer's precision context (e.g. bf16 autocast) for sampling outside the training/predict steps."""
-        return self.trainer.precision_plugin.forward_context() if self._trainer is not None else contextlib.nullcontext()
+        """The trainer's precision context (e.g. bf16 autocast) for sampling outside the training/predict steps; none
+        for a model not attached to a trainer (loaded to sample: the caller's autocast, if any, applies)."""
+        try:
+            trainer = self.trainer
+        except RuntimeError:  # Lightning: "... is not attached to a `Trainer`"
+            return contextlib.nullcontext()
+        return trainer.precision_plugin.forward_context()
 
     @torch.no_grad()
     def generate(self, n: int, generator: torch.Generator | None = None) -> Tensor:
