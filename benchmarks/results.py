@@ -82,7 +82,7 @@ class Row:
 _VAE_MNIST = ("test/nelbo", "test/iwae_nll", "test/kl", "test/active_units")
 _VAE_BPD = ("test/bpd", "test/iwae_bpd")
 _GAN_FID = ("test/fid_vit", "test/kid_vit")
-# CIFAR-10 / CelebA on a CPU: the shared partial copies (torchvision's md5 check refuses them), 6 minutes of training each
+# CIFAR-10 / CelebA on a CPU: the shared partial copies (torchvision's md5 check refuses them), 6 minutes each
 _SUBSET = ("--data.init_args.verify_integrity=false",)
 _CIFAR_CPU = ("--trainer.max_time=00:00:06:00",)
 _CPU = dict(overrides=_SUBSET, cpu_budget=_CIFAR_CPU, needs_gpu=True)
