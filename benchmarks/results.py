@@ -343,7 +343,25 @@ def sampler_section(record: dict) -> list[str]:
                      f"{table[f'{name}_seconds_64']} | {speed[0]} | {speed[1]} |")
     floor = table["real_train_vs_test"]
     lines += [f"| real train vs test (floor) | {floor['fid_vit']:.2f} | {floor['kid_vit']:.4f} | – | – | – |", ""]
+    lines += _solver_target(table)
     return lines
+
+
+def _solver_target(table: dict) -> list[str]:
+    """Issue 13's goal for DPM-Solver++ at 10-20 steps, read off the table: FID within 10% of DDIM-50's (η = 0),
+    and at least 2.5x faster than it."""
+    reference = table.get("ddim50_eta0")
+    if reference is None:
+        return []
+    checks = []
+    for name in ("dpm_solver20", "dpm_solver10"):
+        if name in table:
+            ratio = table[name]["fid_vit"] / reference["fid_vit"]
+            speed = table.get(f"speedup_{name}_vs_ddim50_eta0", 0.0)
+            met = "met" if ratio <= 1.1 and speed >= 2.5 else "not met"
+            checks.append(f"{name}: FID {ratio:.2f}x DDIM-50's, {speed}x as fast ({met})")
+    return ["Goal (DPM-Solver++ at 10-20 steps: FID within 10% of DDIM-50 η = 0, at least 2.5x faster): "
+            + "; ".join(checks) + ".", ""]
 
 
 HEADER = """# Results

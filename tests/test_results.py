@@ -67,3 +67,19 @@ def test_unknown_row_is_refused_without_training(results, capsys):
         results.main(["--row", "vae_mnsit"])
     assert stop.value.code == 2
     assert "unknown row 'vae_mnsit'" in capsys.readouterr().err
+
+
+def test_sampler_table_states_the_solver_goal_from_its_own_figures(results, tmp_path):
+    table = {"num_fid": 512, "real_train_vs_test": {"fid_vit": 0.5, "kid_vit": 0.001},
+             "ddim50_eta0": {"fid_vit": 10.0, "kid_vit": 0.1}, "ddim50_eta0_seconds_64": 5.0,
+             "dpm_solver20": {"fid_vit": 10.5, "kid_vit": 0.1}, "dpm_solver20_seconds_64": 2.0,
+             "speedup_dpm_solver20_vs_ddim50_eta0": 2.5,
+             "dpm_solver10": {"fid_vit": 12.0, "kid_vit": 0.1}, "dpm_solver10_seconds_64": 1.0,
+             "speedup_dpm_solver10_vs_ddim50_eta0": 5.0}
+    record = {**vae_record(results), "command": "python benchmarks/results.py --row ddpm_mnist --seeds 42",
+              "samplers": table}
+    results.write({"ddpm_mnist": record}, tmp_path / "results.json", tmp_path / "RESULTS.md")
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "| dpm_solver20 | 10.50 | 0.1000 | 2.0 | – | 2.5 |" in text
+    assert "dpm_solver20: FID 1.05x DDIM-50's, 2.5x as fast (met)" in text
+    assert "dpm_solver10: FID 1.20x DDIM-50's, 5.0x as fast (not met)" in text
