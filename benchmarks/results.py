@@ -301,6 +301,9 @@ def metrics_cell(row: Row, record: dict) -> str:
               if k in METRIC_NAMES]
     if "samplers" in record:
         shown.append("sampler table below")
+    if not shown and row.family == "gan":  # no classifier for this data here, and no Inception weights offline
+        shown.append("FID/KID not measured: no feature network for this data offline (Inception FID needs its "
+                     "weights: README, \"Images and metrics\")")
     return "<br>".join(shown) + f"<br>*{record['protocol']}*"
 
 
