@@ -179,11 +179,27 @@ def test_images(test_cli, n: int = 64) -> torch.Tensor:
     return batch[0][:n]
 
 
+GRID_MAX_BYTES = 100_000  # the committed grids are previews: a few tens of KB each
+
+
+def compact_png(path: Path) -> None:
+    """Re-save a grid PNG with a 256-colour palette, at half size while it is over ``GRID_MAX_BYTES``."""
+    from PIL import Image
+
+    image = Image.open(path).convert("RGB")
+    while True:
+        image.quantize(256).save(path, optimize=True)
+        if path.stat().st_size <= GRID_MAX_BYTES or min(image.size) < 128:
+            return
+        image = image.resize((image.width // 2, image.height // 2), Image.Resampling.LANCZOS)
+
+
 def save_grid(name: str, images: torch.Tensor) -> str:
     from lightning_modules.images import image_grid, save_png
 
     path = RESULTS_DIR / f"{name}.png"
     save_png(image_grid(images), path)
+    compact_png(path)
     return str(path.relative_to(ROOT))
 
 
@@ -417,11 +433,16 @@ def main(argv: list[str] | None = None) -> None:
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument("--row", help=f"one of: {', '.join(ROWS)}")
     action.add_argument("--render", action="store_true", help="only re-render RESULTS.md from the results file")
+    action.add_argument("--compact-grids", action="store_true", help="re-save the committed grids as small PNGs")
     parser.add_argument("--seeds", type=int, nargs="+", help="default: the row's seeds")
     args = parser.parse_args(argv)
     if args.row and args.row not in ROWS:
         parser.error(f"unknown row {args.row!r}; choose one of: {', '.join(ROWS)}")
     os.environ.setdefault("WANDB_MODE", "offline")
+    if args.compact_grids:
+        for path in sorted(RESULTS_DIR.glob("*.png")):
+            compact_png(path)
+        return
     record = None
     if args.row:
         os.chdir(ROOT)  # the CLI arguments are relative to the repository root
