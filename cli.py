@@ -10,6 +10,7 @@ are never typed twice. W&B runs offline unless ``WANDB_MODE=online`` (or the log
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 import importlib
 import inspect
 import os
@@ -248,14 +249,21 @@ def _requires(class_path: str, name: str) -> bool:
     return parameter is not None and parameter.default is inspect.Parameter.empty
 
 
-def _default_logger_save_dir(config: Namespace) -> None:
-    """A logger chosen on the command line whose class requires a ``save_dir`` (``--trainer.logger CSVLogger``,
-    ``TensorBoardLogger``) writes under ``runs/`` as the configs' loggers do, unless one is typed."""
+def _configured_loggers(config: Namespace) -> Iterator[tuple[Namespace, Namespace]]:
+    """(logger, its init_args) for each ``class_path`` logger in ``config.trainer.logger`` (one or a list)."""
     trainer = config.get("trainer")
     loggers = trainer.get("logger") if isinstance(trainer, Namespace) else None
     for logger in loggers if isinstance(loggers, list) else [loggers]:
         init_args = logger.get("init_args") if isinstance(logger, Namespace) else None
-        if isinstance(init_args, Namespace) and "save_dir" in init_args and init_args.save_dir is None:
+        if isinstance(init_args, Namespace):
+            yield logger, init_args
+
+
+def _default_logger_save_dir(config: Namespace) -> None:
+    """A logger chosen on the command line whose class requires a ``save_dir`` (``--trainer.logger CSVLogger``,
+    ``TensorBoardLogger``) writes under ``runs/`` as the configs' loggers do, unless one is typed."""
+    for logger, init_args in _configured_loggers(config):
+        if "save_dir" in init_args and init_args.save_dir is None:
             if _requires(logger.class_path, "save_dir"):
                 init_args.save_dir = RUNS_DIR
                 _say(f"{logger.class_path.rsplit('.', 1)[-1]} writes under {RUNS_DIR}/ "
@@ -270,11 +278,8 @@ BASE_CONFIG = Path(__file__).resolve().parent / "configs" / "base.yaml"
 def _default_logger_name(config: Namespace) -> None:
     """A W&B logger left without a ``name`` is named after the experiment: the first ``--config`` file's name."""
     configs = [Path(str(path)) for path in config.get("config") or []]
-    trainer = config.get("trainer")
-    loggers = trainer.get("logger") if isinstance(trainer, Namespace) else None
-    for logger in loggers if isinstance(loggers, list) else [loggers]:
-        init_args = logger.get("init_args") if isinstance(logger, Namespace) else None
-        if configs and isinstance(init_args, Namespace) and "name" in init_args and init_args.name is None:
+    for logger, init_args in _configured_loggers(config):
+        if configs and "name" in init_args and init_args.name is None:
             if logger.class_path.rsplit(".", 1)[-1] == "WandbLogger":
                 init_args.name = configs[0].stem
 
