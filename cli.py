@@ -10,13 +10,13 @@ are never typed twice. W&B runs offline unless ``WANDB_MODE=online`` (or the log
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 import importlib
 import inspect
 import os
 import re
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
