@@ -249,7 +249,15 @@ def sampler_table(checkpoint: str) -> dict:
     num = FID_SAMPLES if torch.cuda.is_available() else CPU_SAMPLER_IMAGES
     out = RUNS / "ddpm_mnist" / "samplers"
     args = SimpleNamespace(out=str(out), num_fid=num, samplers=list(SAMPLERS), classifier=str(MNIST_CLASSIFIER))
-    return evaluate(ROOT / checkpoint, args)
+    return {**evaluate(ROOT / checkpoint, args), "features": feature_network()}
+
+
+def feature_network() -> str:
+    """Which MNIST ViT the FID features come from: FIDs are comparable only between runs on the same network."""
+    classifier = load_results().get("vit_mnist")
+    which = (f", the vit_mnist row of commit {classifier['commit']}, test accuracy "
+             f"{classifier['metrics']['test/acc']['mean']:.2%}" if classifier else "")
+    return f"the MNIST ViT (`{MNIST_CLASSIFIER.relative_to(ROOT)}`{which})"
 
 
 def protocol(row: Row, test_cli, seeds: int) -> str:
@@ -263,7 +271,7 @@ def protocol(row: Row, test_cli, seeds: int) -> str:
         parts.append("generator: " + ("EMA" if hp.get("ema_decay") else "raw"))
     if (monitor := quality_monitor(test_cli)) is not None:
         parts.append(f"FID/KID: {min(monitor.num_samples, len(data.test_set)):,} samples vs as many test images, "
-                     f"features of the MNIST ViT (`{MNIST_CLASSIFIER.relative_to(ROOT)}`)")
+                     f"features of {feature_network()}")
     if row.family == "diffusion":
         params = sum(p.numel() for p in test_cli.model.net.parameters()) / 1e6
         parts.append(f"U-Net {hp['model_channels']} channels, {params:.1f}M parameters; evaluated with the EMA "
@@ -355,6 +363,7 @@ def table_row(name: str, record: dict | None) -> str:
 def sampler_section(record: dict) -> list[str]:
     table = record["samplers"]
     lines = [f"### `ddpm_mnist` samplers ({table['num_fid']} samples each, EMA weights, same initial noise)", "",
+             f"FID and KID on the features of {table['features']}.", "",
              "| sampler | FID (MNIST ViT) | KID | s / 64 images | speed-up vs DDPM-1000 | speed-up vs DDIM-50 (η = 0) |",
              "|---|---|---|---|---|---|"]
     for name in SAMPLERS:
@@ -394,8 +403,9 @@ arguments to `module14 fit` are in the results file, under `cli`) and rewrites o
 CPU uses the row's CPU-sized budget (`Row.cpu_budget` in the script), which is far below the config's own; the budget
 column states the batches, epochs and fit wall time spent, and the load average when each run started (the CPU is
 shared with other work, so wall times on it are not speed figures).
-FID/KID on MNIST use the class-token features of the MNIST ViT from the `vit_mnist` row (`fid_vit`): comparable only
-with other `fid_vit` figures, not with published (Inception) FIDs. Issue targets are not claimed unless the figure
+FID/KID on MNIST use the class-token features of the MNIST ViT trained by the `vit_mnist` row (`fid_vit`); each FID
+names the commit of the ViT it used, and is comparable only with FIDs on the same ViT, never with published
+(Inception) FIDs. Issue targets are not claimed unless the figure
 shows them.
 """
 

@@ -75,7 +75,7 @@ def test_sampler_table_states_the_solver_goal_from_its_own_figures(results, tmp_
              "dpm_solver20": {"fid_vit": 10.5, "kid_vit": 0.1}, "dpm_solver20_seconds_64": 2.0,
              "speedup_dpm_solver20_vs_ddim50_eta0": 2.5,
              "dpm_solver10": {"fid_vit": 12.0, "kid_vit": 0.1}, "dpm_solver10_seconds_64": 1.0,
-             "speedup_dpm_solver10_vs_ddim50_eta0": 5.0}
+             "speedup_dpm_solver10_vs_ddim50_eta0": 5.0, "features": "the MNIST ViT of commit abc1234"}
     record = {**vae_record(results), "command": "python benchmarks/results.py --row ddpm_mnist --seeds 42",
               "samplers": table}
     results.write({"ddpm_mnist": record}, tmp_path / "results.json", tmp_path / "RESULTS.md")
@@ -83,3 +83,4 @@ def test_sampler_table_states_the_solver_goal_from_its_own_figures(results, tmp_
     assert "| dpm_solver20 | 10.50 | 0.1000 | 2.0 | – | 2.5 |" in text
     assert "dpm_solver20: FID 1.05x DDIM-50's, 2.5x as fast (met)" in text
     assert "dpm_solver10: FID 1.20x DDIM-50's, 5.0x as fast (not met)" in text
+    assert "FID and KID on the features of the MNIST ViT of commit abc1234." in text  # FIDs name their network
