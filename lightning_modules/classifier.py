@@ -63,10 +63,12 @@ class ViTClassifier(L.LightningModule):
         if height != width:
             raise ValueError(f"ViT expects square images, got {height}x{width}.")
         self.net = VisionTransformer(img_size=height, in_channels=channels, num_classes=num_classes, **network)
-        metrics = {"acc": MulticlassAccuracy(num_classes, top_k=1)}
+        # Accuracy over images (micro), not torchmetrics' default mean of per-class recalls. No compute groups: they
+        # merge metrics whose states match after the first batch, and top-1 and top-5 match whenever it is all correct.
+        metrics = {"acc": MulticlassAccuracy(num_classes, top_k=1, average="micro")}
         if num_classes >= 5:
-            metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5)
-        self.train_metrics = MetricCollection(metrics, prefix="train/")
+            metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+        self.train_metrics = MetricCollection(metrics, prefix="train/", compute_groups=False)
         self.val_metrics = self.train_metrics.clone(prefix="val/")
         self.test_metrics = self.train_metrics.clone(prefix="test/")
         self.example_input_array = torch.zeros(2, *image_shape)

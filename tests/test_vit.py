@@ -67,3 +67,17 @@ def test_wrong_input_shape_is_a_clear_error():
     model = VisionTransformer(img_size=32, patch_size=4, in_channels=3, num_classes=10, embed_dim=32, depth=1, num_heads=2)
     with pytest.raises(ValueError, match=r"built for images of shape \(B, 3, 32, 32\) got \(2, 1, 28, 28\)"):
         model(torch.randn(2, 1, 28, 28))
+
+
+def test_classifier_accuracy_is_over_images_and_top5_is_its_own_metric():
+    from lightning_modules.classifier import ViTClassifier
+
+    model = ViTClassifier(image_shape=(1, 28, 28), num_classes=10, patch_size=7, embed_dim=16, depth=1, num_heads=2)
+    metrics = model.test_metrics
+    y = torch.tensor([0, 0, 0, 1])
+    metrics.update(F.one_hot(y, 10).float(), y)  # first batch all right: top-1 and top-5 states are equal here
+    logits = F.one_hot(y, 10).float()
+    logits[3, 9] = 2.0  # the class-1 image: top-1 wrong (class 9), top-5 right
+    metrics.update(logits, y)
+    values = {k: v.item() for k, v in metrics.compute().items()}
+    assert values == {"test/acc": 0.875, "test/acc_top5": 1.0}  # 7 of 8 images (per-class mean: (1 + 0.5) / 2)
