@@ -3,10 +3,11 @@
     python benchmarks/compile_speedup.py [--steps 6] [--rounds 3] [--cases vit vae dcgan unet]
 
 Each case is a CPU-sized config built through the real CLI (fp32) and trained by a real Trainer on its real data
-(``lightning_modules.precision.train_step_seconds``); the ViT with dropout 0 (its config) and 0.1 (the guide's default,
-attention dropout kept at 0). A case's eager and compiled copies (of every variant) alternate round by round in one
-process, so a change in machine load hits all of them; a round's step time is the median of its steps after the
-first, and the table shows the median over rounds. "compile s" is the first compiled step of the first round minus the eager step:
+(``lightning_modules.precision.train_step_seconds``); the ViT with dropout 0 (its config) and 0.1 (the guide's
+default, attention dropout kept at 0), the latter with module14's ``Dropout`` (networks/dropout.py) and with
+``nn.Dropout``. A case's eager and compiled copies (of every variant) alternate round by round in one process, so a
+change in machine load hits all of them; a round's step time is the median of its steps after the first, and the table
+shows the median over rounds. "compile s" is the first compiled step of the first round minus the eager step:
 Dynamo capture plus inductor's code generation, with a cold cache (the script points ``TORCHINDUCTOR_CACHE_DIR`` at a
 new folder; a later run of the same model on the same machine finds inductor's on-disk cache and compiles in about a
 second). Later rounds reuse the compiled code. The load average is printed per row: on a shared machine the absolute
@@ -27,11 +28,14 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import machine_line, use_project_defaults  # noqa: E402
 
+TORCH_MASK = "dropout 0.1, nn.Dropout"  # the same ViT with PyTorch's own dropout (its bernoulli_ mask) for comparison
 CASES = {  # name: (config, {variant: overrides}); a case's variants are interleaved in the same rounds
-    "vit": ("configs/vit_mnist.yaml", {"dropout 0": [], "dropout 0.1": ["--model.dropout=0.1"]}),
+    "vit": ("configs/vit_mnist.yaml", {"dropout 0": [], "dropout 0.1": ["--model.dropout=0.1"],
+                                       TORCH_MASK: ["--model.dropout=0.1"]}),
     # the issue's size class (32 px, 4x4 patches, 6 blocks); the shared CIFAR-10 copy is a subset
     "vit_cifar10": ("configs/vit_cifar10.yaml", {
-        f"dropout {p}": [f"--model.dropout={p}", "--data.init_args.verify_integrity=false"] for p in ("0", "0.1")}),
+        variant: [f"--model.dropout={p}", "--data.init_args.verify_integrity=false"]
+        for variant, p in (("dropout 0", "0"), ("dropout 0.1", "0.1"), (TORCH_MASK, "0.1"))}),
     "vae": ("configs/vae_mnist.yaml", {"config": []}),
     "dcgan": ("configs/dcgan_mnist.yaml", {"config": []}),
     "unet": ("configs/ddpm_mnist.yaml", {"config": []}),
@@ -41,11 +45,26 @@ GOAL_SPEEDUP = {"vit": 1.3, "vit_cifar10": 1.3, "unet": 1.3}  # issue 14
 GOAL_DROPOUT_COST = 1.1  # a ViT step with dropout 0.1 at most this much slower than the dropout-free one
 
 
-def build(config: str, overrides: list[str], compiled: bool):
+def build(config: str, overrides: list[str], compiled: bool, torch_dropout: bool = False):
     from cli import build_cli
 
-    return build_cli(["--config", str(ROOT / config), *overrides, "--trainer.logger=false", "--data.num_workers=0",
-                      "--trainer.precision=32-true", f"--model.init_args.compile={str(compiled).lower()}"], run=False)
+    cli = build_cli(["--config", str(ROOT / config), *overrides, "--trainer.logger=false", "--data.num_workers=0",
+                     "--trainer.precision=32-true", f"--model.init_args.compile={str(compiled).lower()}"], run=False)
+    if torch_dropout:
+        use_torch_dropout(cli.model)
+    return cli
+
+
+def use_torch_dropout(model) -> None:
+    """Swap every ``networks.dropout.Dropout`` of ``model`` for ``nn.Dropout`` with the same p."""
+    import torch.nn as nn
+
+    from networks.dropout import Dropout
+
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, Dropout):
+                setattr(module, name, nn.Dropout(child.p))
 
 
 def measure(case: str, steps: int, rounds: int) -> dict[str, dict[str, float]]:
@@ -53,7 +72,8 @@ def measure(case: str, steps: int, rounds: int) -> dict[str, dict[str, float]]:
     from lightning_modules.precision import train_step_seconds
 
     config, variants = CASES[case]
-    clis = {(v, mode): build(config, overrides, mode == "compiled") for v, overrides in variants.items() for mode in MODES}
+    clis = {(v, mode): build(config, overrides, mode == "compiled", v == TORCH_MASK)
+            for v, overrides in variants.items() for mode in MODES}
     times: dict[tuple[str, str], list[float]] = {key: [] for key in clis}
     first_step: dict[tuple[str, str], float] = {}
     for _ in range(rounds):
@@ -78,9 +98,10 @@ def goal_lines(results: dict[str, dict[str, dict[str, float]]]) -> list[str]:
                          f"{'met' if speedup >= goal else 'NOT met'}")
     for case in ("vit", "vit_cifar10"):
         for mode in MODES if case in results else ():
-            cost = results[case]["dropout 0.1"][f"{mode}_ms"] / results[case]["dropout 0"][f"{mode}_ms"]
-            lines.append(f"- {case}, {mode}: dropout 0.1 step = {cost:.2f}x the dropout-free step, goal <= "
-                         f"{GOAL_DROPOUT_COST}x: {'met' if cost <= GOAL_DROPOUT_COST else 'NOT met'}")
+            for variant in ("dropout 0.1", TORCH_MASK):
+                cost = results[case][variant][f"{mode}_ms"] / results[case]["dropout 0"][f"{mode}_ms"]
+                lines.append(f"- {case}, {mode}, {variant}: step = {cost:.2f}x the dropout-free step, goal <= "
+                             f"{GOAL_DROPOUT_COST}x: {'met' if cost <= GOAL_DROPOUT_COST else 'NOT met'}")
     return lines
 
 

@@ -18,6 +18,8 @@ import math
 import torch.nn as nn
 from torch import Tensor
 
+from networks.dropout import Dropout
+
 
 class Generator(nn.Module):
     """MLP generator: z (B, latent_dim) -> flat sample (B, output_dim) in [-1, 1]."""
@@ -50,13 +52,13 @@ class Discriminator(nn.Module):
         self.model = nn.Sequential(
             nn.Linear(input_dim, hidden_dim * 4),
             nn.LeakyReLU(0.2),
-            nn.Dropout(0.3),
+            Dropout(0.3),
             nn.Linear(hidden_dim * 4, hidden_dim * 2),
             nn.LeakyReLU(0.2),
-            nn.Dropout(0.3),
+            Dropout(0.3),
             nn.Linear(hidden_dim * 2, hidden_dim),
             nn.LeakyReLU(0.2),
-            nn.Dropout(0.3),
+            Dropout(0.3),
             nn.Linear(hidden_dim, 1),  # logit; the guide's Sigmoid lives in the loss
         )
 

@@ -22,6 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from networks.dropout import Dropout
+
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
     """Sinusoidal embedding of (possibly fractional) timesteps: (B,) -> (B, dim), as in the Transformer/DDPM."""
@@ -41,7 +43,7 @@ class ResBlock(nn.Module):
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.time_proj = nn.Linear(time_dim, out_ch)
         self.norm2 = nn.GroupNorm(norm_groups, out_ch)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
         nn.init.zeros_(self.conv2.weight)  # each block starts as the identity (as in the DDPM code)

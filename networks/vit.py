@@ -14,6 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from networks.dropout import Dropout
+
 
 def trunc_normal_(tensor: Tensor, std: float = 0.02) -> Tensor:
     """N(0, std) truncated at two standard deviations.
@@ -55,7 +57,7 @@ class PositionEmbedding(nn.Module):
     def __init__(self, n_patches: int, embed_dim: int, dropout: float = 0.1):
         super().__init__()
         self.pos_embed = nn.Parameter(torch.zeros(1, n_patches + 1, embed_dim))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         trunc_normal_(self.pos_embed)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -79,7 +81,7 @@ class MultiHeadSelfAttention(nn.Module):
         self.attn_dropout = dropout if attn_dropout is None else attn_dropout
         self.qkv = nn.Linear(embed_dim, embed_dim * 3)
         self.proj = nn.Linear(embed_dim, embed_dim)
-        self.proj_dropout = nn.Dropout(dropout)
+        self.proj_dropout = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         B, N, C = x.shape
@@ -105,9 +107,9 @@ class TransformerBlock(nn.Module):
         self.mlp = nn.Sequential(
             nn.Linear(embed_dim, hidden),
             nn.GELU(),
-            nn.Dropout(dropout),
+            Dropout(dropout),
             nn.Linear(hidden, embed_dim),
-            nn.Dropout(dropout),
+            Dropout(dropout),
         )
 
     def forward(self, x: Tensor) -> Tensor:
