@@ -411,8 +411,7 @@ column states the batches, epochs and fit wall time spent, and the load average 
 shared with other work, so wall times on it are not speed figures).
 FID/KID on MNIST use the class-token features of the MNIST ViT trained by the `vit_mnist` row (`fid_vit`); each FID
 names the commit of the ViT it used, and is comparable only with FIDs on the same ViT, never with published
-(Inception) FIDs. Issue targets are not claimed unless the figure
-shows them.
+(Inception) FIDs. Issue targets are not claimed unless the figure shows them.
 """
 
 
