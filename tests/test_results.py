@@ -75,12 +75,36 @@ def test_sampler_table_states_the_solver_goal_from_its_own_figures(results, tmp_
              "dpm_solver20": {"fid_vit": 10.5, "kid_vit": 0.1}, "dpm_solver20_seconds_64": 2.0,
              "speedup_dpm_solver20_vs_ddim50_eta0": 2.5,
              "dpm_solver10": {"fid_vit": 12.0, "kid_vit": 0.1}, "dpm_solver10_seconds_64": 1.0,
-             "speedup_dpm_solver10_vs_ddim50_eta0": 5.0, "features": "the MNIST ViT of commit abc1234"}
+             "speedup_dpm_solver10_vs_ddim50_eta0": 5.0, "features": "the MNIST ViT of commit abc1234",
+             "command": "python benchmarks/results.py --row ddpm_mnist --seeds 42", "commit": "abc1234",
+             "date": "2026-01-01"}
+    bigger = {**table, "num_fid": 10_000, "command": "python benchmarks/results.py --sampler-table 10000",
+              "dpm_solver10": {"fid_vit": 10.9, "kid_vit": 0.1}}
     record = {**vae_record(results), "command": "python benchmarks/results.py --row ddpm_mnist --seeds 42",
-              "samplers": table}
+              "samplers": [table, bigger]}
     results.write({"ddpm_mnist": record}, tmp_path / "results.json", tmp_path / "RESULTS.md")
     text = (tmp_path / "RESULTS.md").read_text()
+    # the larger table first, each table with the command that measured it; only the smaller one carries the caveat
+    assert text.index("(10,000 samples each") < text.index("(512 samples each")
+    assert "`python benchmarks/results.py --sampler-table 10000` (2026-01-01, commit abc1234)" in text
+    assert "dpm_solver10: FID 1.09x DDIM-50's, 5.0x as fast (met)" in text
+    assert text.count("not the issue's 10,000") == 1
     assert "| dpm_solver20 | 10.50 | 0.1000 | 2.0 | – | 2.5 |" in text
     assert "dpm_solver20: FID 1.05x DDIM-50's, 2.5x as fast (met)" in text
     assert "dpm_solver10: FID 1.20x DDIM-50's, 5.0x as fast (not met)" in text
     assert "FID and KID on the features of the MNIST ViT of commit abc1234." in text  # FIDs name their network
+
+
+@pytest.mark.parametrize("count", ["100", "0"])
+def test_sampler_table_count_must_be_a_positive_multiple_of_64(results, count, tmp_path, monkeypatch):
+    monkeypatch.setattr(results, "MNIST_CLASSIFIER", tmp_path / "vit.ckpt")
+    (tmp_path / "vit.ckpt").write_bytes(b"")
+    monkeypatch.setattr(results, "load_results", lambda: {"ddpm_mnist": {"runs": [{"checkpoint": "x.ckpt"}]}})
+    with pytest.raises(SystemExit, match="use a positive multiple of 64"):
+        results.main(["--sampler-table", count])
+
+
+def test_sampler_table_refuses_an_unknown_sampler(results, capsys):
+    with pytest.raises(SystemExit) as stop:
+        results.main(["--sampler-table", "512", "--samplers", "ddim7_eta0"])
+    assert stop.value.code == 2 and "invalid choice: 'ddim7_eta0'" in capsys.readouterr().err
