@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -202,11 +202,16 @@ def _newest_checkpoint(trainer: L.Trainer) -> str:
 class ImageSampler(Callback):
     """Logs the module's ``sample_images`` grids every ``every_n_epochs`` validation epochs, on rank 0.
 
+    A ``fast_dev_run`` draws at most ``FAST_DEV_RUN_IMAGES`` (and says so): it checks that sampling runs, and 64
+    DDIM-50 samples of a 35M-parameter U-Net take minutes on a CPU.
+
     Args:
         num_images: images taken from the first validation batch (and prior samples drawn) per grid.
         seed: seed of the generator handed to the module: the same noise every epoch.
         every_n_epochs: log every n-th validation epoch.
     """
+
+    FAST_DEV_RUN_IMAGES = 8
 
     def __init__(self, num_images: int = 64, seed: int = 0, every_n_epochs: int = 1) -> None:
         super().__init__()
@@ -234,7 +239,11 @@ class ImageSampler(Callback):
     ) -> None:
         if self.images is None and batch_idx == 0 and dataloader_idx == 0:
             images = batch[0] if isinstance(batch, (list, tuple)) else batch
-            self.images = images[: self.num_images].detach().clone()
+            count = min(self.num_images, len(images))
+            if trainer.fast_dev_run and count > self.FAST_DEV_RUN_IMAGES:
+                count = self.FAST_DEV_RUN_IMAGES
+                rank_zero_info(f"ImageSampler: fast_dev_run draws {count} of its num_images={self.num_images} images")
+            self.images = images[:count].detach().clone()
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero or self.images is None:
