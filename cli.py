@@ -452,6 +452,10 @@ class Module14CLI(CLIHooks):
                 elif config.model.get("init_args", {}).get("compile"):  # each timed copy would compile itself
                     self._probe_precision = False
                     self._precision_reason = "CPU with native bf16, not timed with compile: true (two more compiles)"
+                elif config.trainer.get("fast_dev_run"):  # 8 timed steps would outlast the run (3 min for ddpm_cifar10)
+                    self._probe_precision = False
+                    self._precision_reason = ("CPU with native bf16, not timed in a fast_dev_run; a fit without it "
+                                              "times both")
             config.trainer.precision = precision or "32-true"
 
     def _choose_precision(self) -> None:

@@ -73,6 +73,16 @@ def test_native_bf16_cpu_times_the_model_and_keeps_the_faster(run_cli, monkeypat
     assert yaml.safe_load(saved.read_text())["trainer"]["precision"] == expected  # the record says what ran
 
 
+def test_fast_dev_run_is_not_timed_and_says_so(run_cli, monkeypatch, capsys):
+    """Timing 8 training steps made a 35M-parameter U-Net's one-batch smoke run take 4 minutes on a CPU."""
+    monkeypatch.setattr(resolver, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(resolver, "time_train_steps", lambda *a, **k: pytest.fail("timed a fast_dev_run"))
+    cli = run_cli("fit", "--config", "configs/vit_mnist.yaml", *TINY_VIT, "--trainer.fast_dev_run=true",
+                  "--data.num_workers=0", "--trainer.precision=null")
+    assert cli.trainer.state.finished and cli.trainer.precision == "32-true"
+    assert "precision 32-true (CPU with native bf16, not timed in a fast_dev_run" in capsys.readouterr().err
+
+
 def test_explicit_precision_wins_and_nothing_is_timed(run_cli, monkeypatch):
     monkeypatch.setattr(resolver, "cpu_has_native_bf16", lambda: True)
     monkeypatch.setattr(resolver, "time_train_steps", lambda *a, **k: pytest.fail("timed an explicit precision"))
