@@ -250,10 +250,8 @@ def real_vs_real_floor(test_cli, num_samples: int) -> dict[str, float]:
 
 def sampler_table(checkpoint: str, num_samples: int, samplers: list[str], command: str) -> dict:
     """FID and wall time per sampler (benchmarks/ddpm_sampling_eval.py) from the ddpm_mnist row's checkpoint."""
-    from benchmarks.ddpm_sampling_eval import evaluate, sampler_arguments
+    from benchmarks.ddpm_sampling_eval import evaluate
 
-    for name in samplers:
-        sampler_arguments(name)  # a bad name fails now, not after the first samplers ran
     out = RUNS / "ddpm_mnist" / f"samplers_{num_samples}"
     args = SimpleNamespace(out=str(out), num_fid=num_samples, samplers=samplers, classifier=str(MNIST_CLASSIFIER))
     return {**evaluate(ROOT / checkpoint, args), "features": feature_network(), "command": command,
@@ -267,7 +265,8 @@ def extra_sampler_table(num_samples: int, samplers: list[str]) -> dict:
         raise SystemExit("--sampler-table evaluates the ddpm_mnist row's checkpoint on the MNIST ViT's features: run "
                          "`python benchmarks/results.py --row vit_mnist` and `--row ddpm_mnist` first.")
     if num_samples < 64:
-        raise SystemExit(f"--sampler-table {num_samples}: use at least 64 samples (each sampler is timed per batch of 64).")
+        raise SystemExit(f"--sampler-table {num_samples}: use at least 64 samples (each sampler is timed per batch "
+                         "of 64).")
     command = (f"python benchmarks/results.py --sampler-table {num_samples}"
                + (f" --samplers {' '.join(samplers)}" if samplers != list(SAMPLERS) else ""))
     return sampler_table(record["runs"][0]["checkpoint"], num_samples, samplers, command)

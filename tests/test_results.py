@@ -108,3 +108,11 @@ def test_sampler_table_refuses_an_unknown_sampler(results, capsys):
     with pytest.raises(SystemExit) as stop:
         results.main(["--sampler-table", "512", "--samplers", "ddim7_eta0"])
     assert stop.value.code == 2 and "invalid choice: 'ddim7_eta0'" in capsys.readouterr().err
+
+
+def test_every_sampler_of_the_table_is_one_the_evaluation_runs(results):
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.ddpm_sampling_eval import sampler_arguments
+
+    assert [sampler_arguments(name)["sampler"] for name in results.SAMPLERS[:2]] == ["ddpm", "ddim"]
+    assert all(sampler_arguments(name) for name in results.SAMPLERS)  # a bad name would raise ValueError
