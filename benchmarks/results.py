@@ -3,6 +3,7 @@
     python benchmarks/results.py --row vae_mnist               # train + test through the CLI, rewrite that row
     python benchmarks/results.py --row vae_mnist --seeds 0     # fewer seeds than the row's default
     python benchmarks/results.py --render                      # only re-render RESULTS.md from the results file
+    python benchmarks/results.py --sampler-table 10000 --samplers ddpm1000   # add samplers to the 10,000 table
 
 ``--row NAME`` trains the row's config with ``module14 fit`` (in-process, ``cli.build_cli``), tests the final weights
 with ``module14 test``, adds the row's own evaluation (a sample grid, FID's real-vs-real floor, the DDPM sampler
@@ -19,6 +20,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -249,13 +251,27 @@ def real_vs_real_floor(test_cli, num_samples: int) -> dict[str, float]:
 
 
 def sampler_table(checkpoint: str, num_samples: int, samplers: list[str], command: str) -> dict:
-    """FID and wall time per sampler (benchmarks/ddpm_sampling_eval.py) from the ddpm_mnist row's checkpoint."""
+    """FID and wall time per sampler (benchmarks/ddpm_sampling_eval.py) from the ddpm_mnist row's checkpoint. The
+    samples are kept in ``runs/results/ddpm_mnist/samplers_<N>/batches``: a stopped run resumes where it stopped."""
     from benchmarks.ddpm_sampling_eval import evaluate
 
+    run = {"command": command, "commit": _commit(), "date": time.strftime("%Y-%m-%d"), "samplers": samplers}
     out = RUNS / "ddpm_mnist" / f"samplers_{num_samples}"
     args = SimpleNamespace(out=str(out), num_fid=num_samples, samplers=samplers, classifier=str(MNIST_CLASSIFIER))
-    return {**evaluate(ROOT / checkpoint, args), "features": feature_network(), "command": command,
-            "commit": _commit(), "date": time.strftime("%Y-%m-%d")}
+    return {**evaluate(ROOT / checkpoint, args), "features": feature_network(), "runs": [run]}
+
+
+def merge_sampler_table(tables: list[dict], table: dict) -> list[dict]:
+    """The row's tables with a newly measured one: it joins the table with the same number of samples on the same
+    features (its samplers' figures replace theirs, the speed-ups are recomputed, both commands are kept), or else
+    replaces it."""
+    from benchmarks.ddpm_sampling_eval import speedups
+
+    old = next((t for t in tables if t["num_fid"] == table["num_fid"]), None)
+    if old is not None and old["features"] == table["features"]:
+        table = {**old, **table, "runs": old["runs"] + table["runs"]}
+        table.update(speedups(table))
+    return [t for t in tables if t is not old] + [table]
 
 
 def extra_sampler_table(num_samples: int, samplers: list[str]) -> dict:
@@ -324,6 +340,8 @@ def measure(name: str, seeds: list[int]) -> dict:
         record["floor"] = real_vs_real_floor(test_cli, quality_monitor(test_cli).num_samples)
     if row.family == "diffusion" and row.needs_classifier:
         num = FID_SAMPLES if torch.cuda.is_available() else CPU_SAMPLER_IMAGES
+        for old in (RUNS / "ddpm_mnist").glob("samplers_*"):
+            shutil.rmtree(old)  # samples of the checkpoint this run replaced
         record["samplers"] = [sampler_table(runs[0]["checkpoint"], num, list(SAMPLERS), record["command"])]
     return record
 
@@ -383,7 +401,8 @@ def table_row(name: str, record: dict | None) -> str:
 
 def sampler_section(table: dict) -> list[str]:
     lines = [f"### `ddpm_mnist` samplers ({table['num_fid']:,} samples each, EMA weights, same initial noise)", "",
-             f"`{table['command']}` ({table['date']}, commit {table['commit']}), on the ddpm_mnist row's checkpoint. "
+             "; ".join(f"`{run['command']}` ({run['date']}, commit {run['commit']})" for run in table["runs"])
+             + ", on the ddpm_mnist row's checkpoint. "
              f"FID and KID on the features of {table['features']}.", "",
              "| sampler | FID (MNIST ViT) | KID | s / 64 images | speed-up vs DDPM-1000 | speed-up vs DDIM-50 (η = 0) |",
              "|---|---|---|---|---|---|"]
@@ -464,8 +483,10 @@ def main(argv: list[str] | None = None) -> None:
     action.add_argument("--render", action="store_true", help="only re-render RESULTS.md from the results file")
     action.add_argument("--compact-grids", action="store_true", help="re-save the committed grids as small PNGs")
     action.add_argument("--sampler-table", type=int, metavar="N",
-                        help="(re)measure the ddpm_mnist sampler table with N samples per sampler, from the row's "
-                             "checkpoint, on the current MNIST ViT; kept beside the tables with other N")
+                        help="measure the ddpm_mnist sampler table with N samples per sampler, from the row's "
+                             "checkpoint, on the current MNIST ViT; kept beside the tables with other N, and joined "
+                             "with an earlier N-sample table on the same ViT (rerun the same command to resume a "
+                             "stopped run: the drawn batches are kept)")
     parser.add_argument("--seeds", type=int, nargs="+", help="default: the row's seeds")
     parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=SAMPLERS,
                         help="with --sampler-table: which samplers (default: all)")
@@ -488,7 +509,7 @@ def main(argv: list[str] | None = None) -> None:
         results[args.row] = record  # a retrained row drops the sampler tables of its old checkpoint
     if table is not None:
         ddpm = results["ddpm_mnist"]
-        ddpm["samplers"] = [t for t in ddpm.get("samplers", []) if t["num_fid"] != table["num_fid"]] + [table]
+        ddpm["samplers"] = merge_sampler_table(ddpm.get("samplers", []), table)
     write(results)
     what = f" (row {args.row})" if args.row else f" (sampler table, {args.sampler_table} samples)" if table else ""
     print(f"wrote {RESULTS_MD.relative_to(ROOT)}{what}")

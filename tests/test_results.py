@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import experiment_configs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,6 +70,10 @@ def test_unknown_row_is_refused_without_training(results, capsys):
     assert "unknown row 'vae_mnsit'" in capsys.readouterr().err
 
 
+def run(command: str, date: str = "2026-01-01") -> dict:
+    return {"command": command, "commit": "abc1234", "date": date, "samplers": []}
+
+
 def test_sampler_table_states_the_solver_goal_from_its_own_figures(results, tmp_path):
     table = {"num_fid": 512, "real_train_vs_test": {"fid_vit": 0.5, "kid_vit": 0.001},
              "ddim50_eta0": {"fid_vit": 10.0, "kid_vit": 0.1}, "ddim50_eta0_seconds_64": 5.0,
@@ -76,9 +81,8 @@ def test_sampler_table_states_the_solver_goal_from_its_own_figures(results, tmp_
              "speedup_dpm_solver20_vs_ddim50_eta0": 2.5,
              "dpm_solver10": {"fid_vit": 12.0, "kid_vit": 0.1}, "dpm_solver10_seconds_64": 1.0,
              "speedup_dpm_solver10_vs_ddim50_eta0": 5.0, "features": "the MNIST ViT of commit abc1234",
-             "command": "python benchmarks/results.py --row ddpm_mnist --seeds 42", "commit": "abc1234",
-             "date": "2026-01-01"}
-    bigger = {**table, "num_fid": 10_000, "command": "python benchmarks/results.py --sampler-table 10000",
+             "runs": [run("python benchmarks/results.py --row ddpm_mnist --seeds 42")]}
+    bigger = {**table, "num_fid": 10_000, "runs": [run("python benchmarks/results.py --sampler-table 10000")],
               "dpm_solver10": {"fid_vit": 10.9, "kid_vit": 0.1}}
     record = {**vae_record(results), "command": "python benchmarks/results.py --row ddpm_mnist --seeds 42",
               "samplers": [table, bigger]}
@@ -116,3 +120,61 @@ def test_every_sampler_of_the_table_is_one_the_evaluation_runs(results):
 
     assert [sampler_arguments(name)["sampler"] for name in results.SAMPLERS[:2]] == ["ddpm", "ddim"]
     assert all(sampler_arguments(name) for name in results.SAMPLERS)  # a bad name would raise ValueError
+
+
+def sampler_figures(seconds: dict[str, float], features: str = "ViT A", num_fid: int = 10_000) -> dict:
+    return {"num_fid": num_fid, "features": features, "real_train_vs_test": {"fid_vit": 0.3, "kid_vit": 0.01},
+            **{name: {"fid_vit": 5.0, "kid_vit": 0.2} for name in seconds},
+            **{f"{name}_seconds_64": value for name, value in seconds.items()}}
+
+
+def test_a_sampler_table_joins_the_earlier_one_with_the_same_count_and_features(results):
+    first = {**sampler_figures({"ddim50_eta0": 8.0, "dpm_solver10": 1.6}), "runs": [run("first")]}
+    small = {**sampler_figures({"ddim50_eta0": 6.0}, num_fid=512), "runs": [run("small")]}
+    second = {**sampler_figures({"ddpm1000": 160.0, "dpm_solver10": 2.0}), "runs": [run("second", "2026-01-02")]}
+    tables = results.merge_sampler_table([first, small], second)
+    assert [t["num_fid"] for t in tables] == [512, 10_000] and tables[0] is small
+    joined = tables[1]
+    assert [r["command"] for r in joined["runs"]] == ["first", "second"]
+    assert joined["dpm_solver10_seconds_64"] == 2.0  # measured again: the new figure
+    assert joined["speedup_dpm_solver10_vs_ddim50_eta0"] == 4.0  # recomputed across both runs
+    assert joined["speedup_ddim50_eta0_vs_ddpm1000"] == 20.0 and joined["speedup_dpm_solver10_vs_ddpm1000"] == 80.0
+    text = "\n".join(results.sampler_section(joined))
+    assert "`first` (2026-01-01, commit abc1234); `second` (2026-01-02, commit abc1234), on the ddpm_mnist" in text
+    assert "| ddpm1000 | 5.00 | 0.2000 | 160.0 | – | 0.05 |" in text
+    # on another feature network the FIDs are not comparable: the new table replaces the old one
+    other = {**sampler_figures({"ddpm1000": 160.0}, features="ViT B"), "runs": [run("third")]}
+    assert results.merge_sampler_table([first], other) == [other]
+
+
+class CountingDiffusion:
+    """A stand-in for ``DiffusionModule`` whose sampler returns its initial noise and counts its calls."""
+
+    value_range = (-1.0, 1.0)
+
+    def __init__(self):
+        self.calls = 0
+        self.ema = type("EMA", (), {"module": None})()
+        self.diffusion = self
+
+    def sample(self, model, shape, noise, generator, progress, **sampler):
+        self.calls += 1
+        return noise
+
+
+def test_a_stopped_sampler_run_resumes_from_its_saved_batches(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.ddpm_sampling_eval import draw
+
+    noise = torch.rand(150, 1, 4, 4) * 2 - 1
+    (tmp_path / "ddim10_eta0").mkdir()
+    module = CountingDiffusion()
+    images, seconds = draw(module, "ddim10_eta0", noise, tmp_path / "ddim10_eta0", "ckpt A", bf16=False)
+    assert module.calls == 3 and len(seconds) == 3  # batches of 64, 64 and 22
+    assert torch.allclose(images, (noise + 1) / 2)
+    (tmp_path / "ddim10_eta0" / "00064.pt").unlink()  # as if the run had been stopped before its second batch
+    again, seconds_again = draw(module, "ddim10_eta0", noise, tmp_path / "ddim10_eta0", "ckpt A", bf16=False)
+    assert module.calls == 4  # only the missing batch was drawn again
+    assert torch.equal(again, images) and seconds_again[0] == seconds[0] and seconds_again[2] == seconds[2]
+    with pytest.raises(SystemExit, match="was drawn from ckpt A, not from ckpt B: delete"):
+        draw(module, "ddim10_eta0", noise, tmp_path / "ddim10_eta0", "ckpt B", bf16=False)
