@@ -618,8 +618,10 @@ def build_cli(args: ArgsType = None, run: bool = True) -> Module14CLI:
 def main(args: ArgsType = None) -> int:
     """The ``module14`` console script: runs the CLI and returns the process exit status.
 
-    0: the command finished. 1: it failed (an error message, or a traceback for an unexpected error). 2: the command
-    line or config is invalid (jsonargparse's usage error). 130 / 143: stopped by SIGINT (Ctrl-C) / SIGTERM.
+    0: the command finished. 2: the command line or config cannot be parsed (jsonargparse's usage error). 1: it was
+    refused after parsing (a value a constructor refuses, settings that do not go together, a checkpoint that does not
+    fit) or failed (an error message, or a traceback for an unexpected error). 130 / 143: stopped by SIGINT (Ctrl-C) /
+    SIGTERM.
     """
     signal.signal(signal.SIGINT, _record_sigint)  # Lightning turns Ctrl-C into exit(1); remember it was a signal
     cli = None
