@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -47,11 +48,11 @@ def sampler_arguments(name: str) -> dict:
 
 
 def real_images(n: int, train: bool) -> torch.Tensor:
-    """n MNIST images (32 px, in [0, 1]) from the test split, or from the training split."""
+    """The first n MNIST images (32 px, in [0, 1]) of the test split, or of the (seeded) training split: the same
+    images in every run, so the real-vs-real floor is reproducible (the shuffled training loader would differ)."""
     data = MNISTDataModule(image_size=32, normalization="zero_one", val_size=5000, batch_size=n, num_workers=0)
     data.setup("fit" if train else "test")
-    loader = data.train_dataloader() if train else data.test_dataloader()
-    return next(iter(loader))[0][:n]
+    return next(iter(DataLoader(data.train_set if train else data.test_set, batch_size=n)))[0][:n]
 
 
 def quality(classifier: str, n: int, real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:

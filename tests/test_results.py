@@ -178,3 +178,12 @@ def test_a_stopped_sampler_run_resumes_from_its_saved_batches(tmp_path):
     assert torch.equal(again, images) and seconds_again[0] == seconds[0] and seconds_again[2] == seconds[2]
     with pytest.raises(SystemExit, match="was drawn from ckpt A, not from ckpt B: delete"):
         draw(module, "ddim10_eta0", noise, tmp_path / "ddim10_eta0", "ckpt B", bf16=False)
+
+
+def test_the_real_images_of_the_floor_are_the_same_in_every_run():
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.ddpm_sampling_eval import real_images
+
+    first, again = real_images(64, train=True), real_images(64, train=True)
+    assert first.shape == (64, 1, 32, 32) and torch.equal(first, again)
+    assert not torch.equal(first, real_images(64, train=False))  # and the two splits differ
