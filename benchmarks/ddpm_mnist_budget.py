@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lightning as L  # noqa: E402
 
+from benchmarks.results import MNIST_CLASSIFIER  # noqa: E402
 from datamodules import MNISTDataModule  # noqa: E402
 from lightning_modules.diffusion import DiffusionModule  # noqa: E402
 
@@ -82,7 +83,8 @@ def main() -> None:
     parser.add_argument("--ema-decay", type=float, default=0.995)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)")
     parser.add_argument("--train-only", action="store_true")
-    parser.add_argument("--classifier", default="/work/artifacts/vit_mnist.ckpt", help="ViT for FID features")
+    parser.add_argument("--classifier", default=str(MNIST_CLASSIFIER),
+                        help="ViTClassifier checkpoint for the FID features (default: the vit_mnist row's)")
     parser.add_argument("--num-fid", type=int, default=128, help="samples per sampler for FID/KID")
     parser.add_argument("--samplers", nargs="+", default=["ddim50", "ddpm1000"],
                         help="ddim50, ddpm1000, ddim<steps>_eta<eta> or dpm_solver<steps> (see ddpm_sampling_eval.py)")

@@ -1,7 +1,7 @@
 """DDIM-50 vs 1000-step ancestral DDPM (or any list of samplers) from one trained DiffusionModule checkpoint: wall
 time and FID/KID.
 
-    python benchmarks/ddpm_sampling_eval.py --ckpt runs/ddpm_budget/budget.ckpt --classifier /path/vit_mnist.ckpt
+    python benchmarks/ddpm_sampling_eval.py --ckpt runs/ddpm_budget/budget.ckpt [--classifier vit_mnist.ckpt]
     python benchmarks/ddpm_sampling_eval.py --ckpt ... --samplers ddpm1000 ddim100_eta0 ddim100_eta1 ddim50_eta0 \
         ddim50_eta1 ddim20_eta0 ddim20_eta1 ddim10_eta0 ddim10_eta1 dpm_solver20 dpm_solver10
 
@@ -9,7 +9,9 @@ time and FID/KID.
 weights, the same initial noise, and bf16 autocast where it is native (CUDA, or a CPU with AVX-512 BF16 / AMX;
 fp32 elsewhere, where bf16 is emulated and ~20x slower); the first 64 images of each are timed and saved as a grid.
 FID/KID (``SampleQuality``, classifier features) compare ``--num-fid`` samples of each sampler with as many MNIST test
-images; the same metrics between two disjoint sets of real images give the floor at that sample count.
+images; the same metrics between two disjoint sets of real images give the floor at that sample count. The samples
+are saved batch by batch under ``<out>/batches/<sampler>/`` (see ``draw``): the same command run again, e.g. once a
+classifier exists, reuses them.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.results import MNIST_CLASSIFIER  # noqa: E402
 from compat import cpu_has_native_bf16  # noqa: E402
 from datamodules import MNISTDataModule  # noqa: E402
 from lightning_modules.diffusion import DiffusionModule  # noqa: E402
@@ -126,7 +129,6 @@ def evaluate(ckpt: Path, args) -> dict:
     samples = {}
     for name in args.samplers:
         samples[name], seconds = draw(module, name, noise, out / "batches" / name, source, bf16)
-        torch.save(samples[name], out / f"samples_{name}.pt")  # for --fid-only
         results[f"{name}_seconds_64"] = round(statistics.median(seconds), 2)  # per batch of 64, median over batches
         save_png(image_grid(samples[name][:64]), out / f"grid_{name}.png")
     results.update(speedups(results))
@@ -142,7 +144,8 @@ def add_quality(results: dict, samples: dict[str, torch.Tensor], args) -> None:
             results[name] = quality(args.classifier, args.num_fid, test, fake)
         results["real_train_vs_test"] = quality(args.classifier, args.num_fid, test, real_images(args.num_fid, True))
     else:
-        print(f"no classifier checkpoint at '{args.classifier}': FID/KID skipped (rerun with --fid-only)", flush=True)
+        print(f"no classifier checkpoint at '{args.classifier}': FID/KID skipped. Run the same command with "
+              "--classifier <ViTClassifier checkpoint>: it reuses the saved samples.", flush=True)
     (out / "eval.json").write_text(json.dumps(results, indent=1))
     print(json.dumps(results, indent=1), flush=True)
 
@@ -151,24 +154,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", required=True)
     parser.add_argument("--out", default=None, help="default: the checkpoint's folder")
-    parser.add_argument("--classifier", default="/work/artifacts/vit_mnist.ckpt",
-                        help="ViTClassifier checkpoint for the features ('' to skip FID/KID)")
+    parser.add_argument("--classifier", default=str(MNIST_CLASSIFIER),
+                        help="ViTClassifier checkpoint for the features (default: the vit_mnist row's; '' to skip)")
     parser.add_argument("--num-fid", type=int, default=128, help="samples per sampler (a multiple of 64)")
     parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS),
                         help="ddim50, ddpm1000, ddim<steps>_eta<eta> (e.g. ddim100_eta0.5) or dpm_solver<steps>")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--fid-only", action="store_true", help="FID/KID of the samples a previous run saved")
     args = parser.parse_args()
     for name in args.samplers:
         sampler_arguments(name)  # a bad name fails now, not after the first samplers ran
     args.out = args.out or str(Path(args.ckpt).parent)
     torch.set_num_threads(args.threads)
-    if args.fid_only:
-        out = Path(args.out)
-        results = json.loads((out / "eval.json").read_text())
-        add_quality(results, {name: torch.load(out / f"samples_{name}.pt") for name in args.samplers}, args)
-    else:
-        evaluate(Path(args.ckpt), args)
+    evaluate(Path(args.ckpt), args)
 
 
 if __name__ == "__main__":
