@@ -258,7 +258,8 @@ def sampler_table(checkpoint: str, num_samples: int, samplers: list[str], comman
     run = {"command": command, "commit": _commit(), "date": time.strftime("%Y-%m-%d"), "samplers": samplers}
     out = RUNS / "ddpm_mnist" / f"samplers_{num_samples}"
     args = SimpleNamespace(out=str(out), num_fid=num_samples, samplers=samplers, classifier=str(MNIST_CLASSIFIER))
-    return {**evaluate(ROOT / checkpoint, args), "features": feature_network(), "runs": [run]}
+    measured = evaluate(ROOT / checkpoint, args)
+    return {**measured, "checkpoint": checkpoint, "features": feature_network(), "runs": [run]}  # path as in the row
 
 
 def merge_sampler_table(tables: list[dict], table: dict) -> list[dict]:

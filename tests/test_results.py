@@ -56,6 +56,18 @@ def test_results_md_is_rendered_from_the_results_file(results, tmp_path):
     assert "not yet run on a GPU" not in next(line for line in table if line.startswith("| `dcgan_mnist`"))
 
 
+def test_the_committed_records_name_checkpoints_relative_to_the_repository(results):
+    def checkpoints(value):
+        if isinstance(value, dict):
+            yield from (v for k, v in value.items() if k == "checkpoint")
+            yield from (c for v in value.values() for c in checkpoints(v))
+        elif isinstance(value, list):
+            yield from (c for v in value for c in checkpoints(v))
+
+    found = list(checkpoints(results.load_results()))
+    assert len(found) >= 13 and all(path.startswith("runs/results/") for path in found), found  # no one machine's path
+
+
 def test_a_row_run_on_a_cpu_says_its_gpu_config_is_not_yet_run_on_a_gpu(results, tmp_path):
     record = {**vae_record(results), "command": "python benchmarks/results.py --row vae_cifar10 --seeds 0 1"}
     results.write({"vae_cifar10": record}, tmp_path / "results.json", tmp_path / "RESULTS.md")
