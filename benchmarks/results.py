@@ -42,7 +42,7 @@ MNIST_CLASSIFIER = RUNS / "vit_mnist/seed42/final.ckpt"  # the vit_mnist row's w
 FID_SAMPLES = 10_000  # MNIST: the whole test split
 SAMPLERS = ("ddpm1000", "ddim100_eta0", "ddim100_eta1", "ddim50_eta0", "ddim50_eta1", "ddim20_eta0", "ddim20_eta1",
             "ddim10_eta0", "ddim10_eta1", "dpm_solver20", "dpm_solver10")
-CPU_SAMPLER_IMAGES = 512  # samples per sampler on a CPU: 10k DDPM-1000 samples take 6 hours on 2 cores
+CPU_SAMPLER_IMAGES = 512  # samples per sampler on a CPU: 10k DDPM-1000 samples take 7 hours on 2 cores
 
 
 def _mnist_fid(num_samples: int = FID_SAMPLES) -> tuple[str, ...]:
@@ -415,10 +415,16 @@ def sampler_section(table: dict) -> list[str]:
                      f"{table[f'{name}_seconds_64']} | {speed[0]} | {speed[1]} |")
     floor = table["real_train_vs_test"]
     lines += [f"| real train vs test (floor) | {floor['fid_vit']:.2f} | {floor['kid_vit']:.4f} | – | – | – |", ""]
+    missing = [name for name in SAMPLERS if name not in table]
+    if missing:
+        lines += [f"Not yet drawn at {table['num_fid']:,} samples: {', '.join(missing)} (`python benchmarks/results.py "
+                  f"--sampler-table {table['num_fid']} --samplers {' '.join(missing)}` draws them, resuming from the "
+                  "batches a stopped run saved)." + (" Until DDPM-1000 is in, the speed-ups against it are blank."
+                                                    if "ddpm1000" in missing else ""), ""]
     lines += _solver_target(table)
     if table["num_fid"] < FID_SAMPLES:
         lines += [f"{table['num_fid']} samples per sampler, not the issue's 10,000: 10,000 DDPM-1000 samples (10 "
-                  "million U-Net evaluations) take about 6 hours on this 2-core CPU. FID from so few samples is biased "
+                  "million U-Net evaluations) take about 7 hours on this 2-core CPU. FID from so few samples is biased "
                   "upwards and noisy; compare samplers only with each other and with the floor at the same count.", ""]
     return lines
 

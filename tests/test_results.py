@@ -109,6 +109,9 @@ def test_sampler_table_states_the_solver_goal_from_its_own_figures(results, tmp_
     assert "dpm_solver20: FID 1.05x DDIM-50's, 2.5x as fast (met)" in text
     assert "dpm_solver10: FID 1.20x DDIM-50's, 5.0x as fast (not met)" in text
     assert "FID and KID on the features of the MNIST ViT of commit abc1234." in text  # FIDs name their network
+    # the samplers a table lacks are named, with the command that adds them
+    assert text.count("Not yet drawn at 10,000 samples: ddpm1000, ddim100_eta0, ") == 1
+    assert "--sampler-table 10000 --samplers ddpm1000 ddim100_eta0 ddim100_eta1 ddim50_eta1 " in text
 
 
 @pytest.mark.parametrize("count", ["63", "0"])
