@@ -284,9 +284,14 @@ def extra_sampler_table(num_samples: int, samplers: list[str]) -> dict:
     if num_samples < 64:
         raise SystemExit(f"--sampler-table {num_samples}: use at least 64 samples (each sampler is timed per batch "
                          "of 64).")
-    command = (f"python benchmarks/results.py --sampler-table {num_samples}"
-               + (f" --samplers {' '.join(samplers)}" if samplers != list(SAMPLERS) else ""))
-    return sampler_table(record["runs"][0]["checkpoint"], num_samples, samplers, command)
+    return sampler_table(record["runs"][0]["checkpoint"], num_samples, samplers,
+                         sampler_table_command(num_samples, samplers))
+
+
+def sampler_table_command(num_samples: int, samplers: list[str]) -> str:
+    """The command that measures ``samplers`` into the ``num_samples`` table (all of them when none is named)."""
+    return (f"python benchmarks/results.py --sampler-table {num_samples}"
+            + (f" --samplers {' '.join(samplers)}" if samplers != list(SAMPLERS) else ""))
 
 
 def feature_network() -> str:
@@ -417,10 +422,10 @@ def sampler_section(table: dict) -> list[str]:
     lines += [f"| real train vs test (floor) | {floor['fid_vit']:.2f} | {floor['kid_vit']:.4f} | – | – | – |", ""]
     missing = [name for name in SAMPLERS if name not in table]
     if missing:
-        lines += [f"Not yet drawn at {table['num_fid']:,} samples: {', '.join(missing)} (`python benchmarks/results.py "
-                  f"--sampler-table {table['num_fid']} --samplers {' '.join(missing)}` draws them, resuming from the "
-                  "batches a stopped run saved)." + (" Until DDPM-1000 is in, the speed-ups against it are blank."
-                                                    if "ddpm1000" in missing else ""), ""]
+        lines += [f"Not yet drawn at {table['num_fid']:,} samples: {', '.join(missing)} "
+                  f"(`{sampler_table_command(table['num_fid'], missing)}` draws them, resuming from the batches a "
+                  "stopped run saved)." + (" Until DDPM-1000 is in, the speed-ups against it are blank."
+                                           if "ddpm1000" in missing else ""), ""]
     lines += _solver_target(table)
     if table["num_fid"] < FID_SAMPLES:
         lines += [f"{table['num_fid']} samples per sampler, not the issue's 10,000: 10,000 DDPM-1000 samples (10 "
