@@ -1,8 +1,9 @@
 """Train-step speed-up of ``compile: true`` (torch.compile, inductor) per family on this CPU, compile time apart.
 
-    python benchmarks/compile_speedup.py [--steps 6] [--rounds 3] [--cases vit vae dcgan unet]
+    python benchmarks/compile_speedup.py [--steps 6] [--rounds 3] [--cases vit vae dcgan unet] [--precision 32-true]
 
-Each case is a CPU-sized config built through the real CLI (fp32) and trained by a real Trainer on its real data
+Each case is a CPU-sized config built through the real CLI (fp32 unless ``--precision bf16-mixed``, which only a CPU
+with native bf16 runs at speed: ``benchmarks/precision.py``) and trained by a real Trainer on its real data
 (``lightning_modules.precision.train_step_seconds``); the ViT with dropout 0 (its config) and 0.1 (the guide's
 default, attention dropout kept at 0), the latter with module14's ``Dropout`` (networks/dropout.py) and with
 ``nn.Dropout``. A case's eager and compiled copies (of every variant) alternate round by round in one process, so a
@@ -45,11 +46,12 @@ GOAL_SPEEDUP = {"vit": 1.3, "vit_cifar10": 1.3, "unet": 1.3}  # issue 14
 GOAL_DROPOUT_COST = 1.1  # a ViT step with dropout 0.1 at most this much slower than the dropout-free one
 
 
-def build(config: str, overrides: list[str], compiled: bool, torch_dropout: bool = False):
+def build(config: str, overrides: list[str], compiled: bool, precision: str, torch_dropout: bool = False):
     from cli import build_cli
 
     cli = build_cli(["--config", str(ROOT / config), *overrides, "--trainer.logger=false", "--data.num_workers=0",
-                     "--trainer.precision=32-true", f"--model.init_args.compile={str(compiled).lower()}"], run=False)
+                     f"--trainer.precision={precision}", f"--model.init_args.compile={str(compiled).lower()}"],
+                    run=False)
     if torch_dropout:
         use_torch_dropout(cli.model)
     return cli
@@ -67,18 +69,18 @@ def use_torch_dropout(model) -> None:
                 setattr(module, name, nn.Dropout(child.p))
 
 
-def measure(case: str, steps: int, rounds: int) -> dict[str, dict[str, float]]:
+def measure(case: str, steps: int, rounds: int, precision: str) -> dict[str, dict[str, float]]:
     """Per variant: median eager and compiled ms/step over interleaved rounds, and the first compilation's seconds."""
     from lightning_modules.precision import train_step_seconds
 
     config, variants = CASES[case]
-    clis = {(v, mode): build(config, overrides, mode == "compiled", v == TORCH_MASK)
+    clis = {(v, mode): build(config, overrides, mode == "compiled", precision, v == TORCH_MASK)
             for v, overrides in variants.items() for mode in MODES}
     times: dict[tuple[str, str], list[float]] = {key: [] for key in clis}
     first_step: dict[tuple[str, str], float] = {}
     for _ in range(rounds):
         for key, cli in clis.items():
-            seconds = train_step_seconds(cli.model, cli.datamodule, "32-true", steps + 1)
+            seconds = train_step_seconds(cli.model, cli.datamodule, precision, steps + 1)
             times[key].append(statistics.median(seconds[1:]))
             first_step.setdefault(key, seconds[0])
     rows = {}
@@ -110,15 +112,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="timed train steps per mode per round (after one more)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     args = parser.parse_args()
     use_project_defaults()
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="compile_speedup_")  # cold compiles
-    print(f"{machine_line()}; fp32; backend inductor\n")
+    print(f"{machine_line()}; {args.precision}; backend inductor\n")
     print("| case | config | variant | eager ms/step | compiled ms/step | speed-up | compile s | load avg |")
     print("|---|---|---|---|---|---|---|---|")
     results = {}
     for case in args.cases:
-        results[case] = measure(case, args.steps, args.rounds)
+        results[case] = measure(case, args.steps, args.rounds, args.precision)
         for variant, row in results[case].items():
             print(f"| {case} | {CASES[case][0]} | {variant} | {row['eager_ms']:.0f} | {row['compiled_ms']:.0f} "
                   f"| {row['eager_ms'] / row['compiled_ms']:.2f}x | {row['compile_s']:.0f} | {row['load']:.1f} |",

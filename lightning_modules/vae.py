@@ -299,18 +299,23 @@ class VAEModule(L.LightningModule):
         output, mu, logvar = self(x)
         return -self.log_likelihood(output, x), gaussian_kl(mu, logvar), mu
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x = self.targets(batch[0])
+    def training_loss(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The beta-weighted objective of a batch of targets and its terms (``_batch_terms``); updates the epoch means
+        and active units. What a training step computes, Lightning's loop and logging aside."""
         recon, kl, mu = self._elbo_terms(x)
-        beta = self.beta_now()
-        loss = (recon + beta * kl).mean()
+        loss = (recon + self.beta_now() * kl).mean()
         terms = self._batch_terms(recon, kl, loss)
         self.train_means.update(terms, x.shape[0])
         self.train_active.update(mu)
+        return loss, terms
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x = self.targets(batch[0])
+        loss, terms = self.training_loss(x)
         if logger_writes_this_step(self):  # logging every step would cost ~1/4 of an MLP VAE's step on a CPU
             values = {f"train/{name}_step": value for name, value in terms.items()}
             if self.hparams.kl_warmup_steps:  # else beta is the constant hyperparameter
-                values["train/beta"] = beta
+                values["train/beta"] = self.beta_now()
             if self.log_scale is not None:
                 values["train/gaussian_scale"] = self.log_scale.exp()
             self.log_dict(values, on_step=True, on_epoch=False, batch_size=x.shape[0])
