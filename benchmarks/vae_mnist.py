@@ -173,12 +173,12 @@ def run_ours(args: argparse.Namespace, data: MNISTDataModule) -> dict[str, float
     }
 
 
-def plain_loop_epoch(module: VAEModule, data: MNISTDataModule, optimizer: torch.optim.Optimizer) -> None:
+def plain_loop_epoch(module: VAEModule, loader: DataLoader, optimizer: torch.optim.Optimizer) -> None:
     """One epoch of our module's training-step work (``VAEModule.training_loss``: its ELBO terms and the epoch-mean
     metrics it updates every step) in the guide's plain loop, without Lightning: what ``training_step`` does on a step
     the logger does not write."""
     module.train()
-    for x, _ in data.train_dataloader():
+    for x, _ in loader:
         optimizer.zero_grad()
         loss, _ = module.training_loss(module.targets(x))
         loss.backward()
@@ -204,7 +204,7 @@ def run_interleaved(args: argparse.Namespace, data: MNISTDataModule) -> dict[str
             spec_train_vae(spec, loader, optimizer)
             times[name].append(time.perf_counter() - start)
         start = time.perf_counter()
-        plain_loop_epoch(our_step, data, our_step_optimizer)
+        plain_loop_epoch(our_step, loaders["our_loader"], our_step_optimizer)
         times["our_step_plain_loop"].append(time.perf_counter() - start)
         times["ours"] += fit_ours(args, ours, data, 1)[1]
         print("round", "  ".join(f"{name}={t[-1]:.1f}s" for name, t in times.items()),
