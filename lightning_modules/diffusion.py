@@ -15,7 +15,7 @@ from datamodules import VALUE_RANGES
 from lightning_modules.compiling import compile_networks
 from lightning_modules.ema import EMA
 from lightning_modules.images import require_value_range, to_unit_range
-from lightning_modules.optim import decay_groups
+from lightning_modules.optim import decay_groups, fused_adam
 from lightning_modules.rng import seeded_generator
 from networks.diffusion import DDPMVariance, GaussianDiffusion, Prediction, Sampler, Schedule
 from networks.unet import SimpleUNet
@@ -144,7 +144,8 @@ class DiffusionModule(L.LightningModule):
             self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip_norm, gradient_clip_algorithm="norm")
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(decay_groups(self.net, self.hparams.weight_decay), lr=self.hparams.lr)
+        optimizer = torch.optim.AdamW(decay_groups(self.net, self.hparams.weight_decay), lr=self.hparams.lr,
+                                      fused=fused_adam(self.trainer, self.hparams.grad_clip_norm))
         warmup = max(1, self.hparams.warmup_steps)
         scheduler = LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

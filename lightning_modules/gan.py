@@ -21,6 +21,7 @@ from datamodules import VALUE_RANGES
 from lightning_modules.compiling import compile_networks
 from lightning_modules.ema import EMA
 from lightning_modules.images import require_value_range, to_unit_range
+from lightning_modules.optim import fused_adam
 from lightning_modules.rng import seeded_generator
 from networks.gan import DCGANDiscriminator, DCGANGenerator, Discriminator, Generator
 
@@ -187,7 +188,8 @@ class GANModule(L.LightningModule):
             self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip_norm, gradient_clip_algorithm="norm")
 
     def configure_optimizers(self):
-        adam = dict(lr=self.hparams.lr, betas=tuple(self.hparams.betas))
+        fused = fused_adam(self.trainer, self.hparams.grad_clip_norm)
+        adam = dict(lr=self.hparams.lr, betas=tuple(self.hparams.betas), fused=fused)
         opt_d = torch.optim.Adam(self.discriminator.parameters(), **adam)
         opt_g = torch.optim.Adam(self.generator.parameters(), **adam)
         return [opt_d, opt_g]

@@ -17,7 +17,7 @@ from torchmetrics import Metric
 from datamodules import VALUE_RANGES
 from lightning_modules.compiling import compile_networks
 from lightning_modules.images import require_value_range, to_unit_range
-from lightning_modules.optim import total_training_steps, warmup_cosine
+from lightning_modules.optim import fused_adam, total_training_steps, warmup_cosine
 from lightning_modules.rng import seeded_generator
 from lightning_modules.step_logging import RunningMeans, logger_writes_this_step
 from networks.vae import ConvVAE, GaussianLatentAutoencoder, VAE
@@ -408,7 +408,7 @@ class VAEModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------------------ optimiser
     def configure_optimizers(self):
-        optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, fused=fused_adam(self.trainer))
         if self.hparams.lr_schedule == "constant":
             return optimizer
         scheduler = warmup_cosine(optimizer, 0, total_training_steps(self.trainer))

@@ -31,6 +31,8 @@ def test_trains_under_precision(run_cli, family, precision):
     losses = {k: v for k, v in cli.trainer.callback_metrics.items() if "loss" in k}
     assert losses and all(torch.isfinite(v) for v in losses.values())
     assert any(not torch.equal(before[k], v) for k, v in cli.model.state_dict().items() if v.is_floating_point())
+    fused = family != "diffusion"  # DDPM clips its gradients: lightning_modules.optim.fused_adam
+    assert all(group["fused"] == fused for opt in cli.trainer.optimizers for group in opt.param_groups)
 
 
 # --- precision: null resolves for the hardware -------------------------------------------------------------------

@@ -1,0 +1,49 @@
+"""The models' Adam / AdamW run torch's fused kernel (faster on CPU) with the same update, except under 16-mixed."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import CSV_LOGGER, TINY_VIT
+
+from lightning_modules.optim import decay_groups, fused_adam
+from networks.vit import VisionTransformer
+
+
+@pytest.mark.parametrize("trainer_clip, model_clip, fused", [(None, None, True), (0, None, True), (1.0, None, False),
+                                                            (None, 1.0, False)])
+def test_fused_unless_the_run_clips_gradients(trainer_clip, model_clip, fused):
+    assert fused_adam(SimpleNamespace(gradient_clip_val=trainer_clip), model_clip) is fused
+
+
+def test_clipping_under_bf16_mixed_trains_unfused(run_cli):
+    # Lightning refuses to clip for a fused optimizer under mixed precision: such a run must take the unfused step.
+    cli = run_cli("fit", "--config", "configs/vit_mnist.yaml", *TINY_VIT, "--trainer.precision=bf16-mixed",
+                  "--trainer.gradient_clip_val=0.5", "--trainer.max_steps=2", "--trainer.limit_val_batches=0",
+                  *CSV_LOGGER, "--data.num_workers=0",
+                  "--data.batch_size=16")
+    assert cli.trainer.global_step == 2
+    assert not any(group["fused"] for group in cli.trainer.optimizers[0].param_groups)
+
+
+@pytest.mark.parametrize("optimizer", [torch.optim.Adam, torch.optim.AdamW])
+def test_fused_step_is_the_same_update(optimizer):
+    torch.manual_seed(0)
+    nets = [VisionTransformer(img_size=8, patch_size=4, in_channels=1, num_classes=3, embed_dim=16, depth=1,
+                              num_heads=2) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    initial = [p.detach().clone() for p in nets[0].parameters()]
+    optimizers = [optimizer(decay_groups(net, 0.05), lr=1e-2, betas=(0.5, 0.999), fused=fused)
+                  for net, fused in zip(nets, (False, True))]
+    for _ in range(5):
+        grads = [torch.randn_like(p) for p in nets[0].parameters()]
+        for net, opt in zip(nets, optimizers):
+            for p, g in zip(net.parameters(), grads):
+                p.grad = g.clone()
+            opt.step()
+    for p0, p1, start in zip(nets[0].parameters(), nets[1].parameters(), initial):
+        assert not torch.equal(p0, start)
+        torch.testing.assert_close(p1, p0, rtol=1e-5, atol=1e-6)
+    assert optimizers[1].param_groups[0]["fused"] and not optimizers[0].param_groups[0]["fused"]
