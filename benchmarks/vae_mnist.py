@@ -13,7 +13,8 @@ continuous grey levels in [0, 1], as in the guide. Each side loads data its own 
 (num_workers=0): the guide's loop through torchvision's MNIST with ``ToTensor``, ours through ``MNISTDataModule``'s
 training loader, as ``module14 fit`` does. Epoch time is the wall time of the training epoch alone (data loading
 included, evaluation excluded). ``--runs interleaved`` prints the median ratio of our epoch to the guide's, and to our
-module's step run in the same plain loop (what is left between those two is Lightning's loop).
+module's step run in the same plain loop (what is left between those two is Lightning's loop), and to our epoch with
+torch's default Adam step instead of the fused one.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 import torch.nn as nn
@@ -175,8 +177,8 @@ def run_ours(args: argparse.Namespace, data: MNISTDataModule) -> dict[str, float
 
 def plain_loop_epoch(module: VAEModule, loader: DataLoader, optimizer: torch.optim.Optimizer) -> None:
     """One epoch of our module's training-step work (``VAEModule.training_loss``: its ELBO terms and the epoch-mean
-    metrics it updates every step) in the guide's plain loop, without Lightning: what ``training_step`` does on a step
-    the logger does not write."""
+    metrics it updates every step, and the fused Adam step ``VAEModule`` takes) in the guide's plain loop, without
+    Lightning: what ``training_step`` does on a step the logger does not write."""
     module.train()
     for x, _ in loader:
         optimizer.zero_grad()
@@ -187,17 +189,18 @@ def plain_loop_epoch(module: VAEModule, loader: DataLoader, optimizer: torch.opt
 
 def run_interleaved(args: argparse.Namespace, data: MNISTDataModule) -> dict[str, float]:
     """Timing only: per round, one spec epoch on the guide's loader, one spec epoch on our datamodule's loader, one
-    epoch of our module's step in the same plain loop (``plain_loop_epoch``) and one epoch of ours, ``--epochs``
-    rounds, so all four see the same load. Our epoch over the first is what a user sees; over the second, the
-    framework's own overhead (the same batches, Lightning and our module around the same model); over the third,
-    Lightning's loop alone."""
+    epoch of our module's step in the same plain loop (``plain_loop_epoch``), one epoch of ours and one of ours with
+    torch's default (unfused) Adam step, ``--epochs`` rounds, so all five see the same load. Our epoch over the first
+    is what a user sees; over the second, the framework's own overhead (the same batches, Lightning and our module
+    around the same model); over the third, Lightning's loop alone; over the fifth, what the fused Adam step saves."""
     torch.manual_seed(args.seed)
     spec = SpecVAE()
     optimizer = torch.optim.Adam(spec.parameters(), lr=1e-3)
     loaders = {"spec_loader": spec_train_loader(), "our_loader": data.train_dataloader()}
-    ours, our_step = make_ours(args, data), make_ours(args, data)
-    our_step_optimizer = torch.optim.Adam(our_step.parameters(), lr=args.lr)
-    times: dict[str, list[float]] = {"spec_loader": [], "our_loader": [], "our_step_plain_loop": [], "ours": []}
+    ours, our_step, ours_unfused = make_ours(args, data), make_ours(args, data), make_ours(args, data)
+    our_step_optimizer = torch.optim.Adam(our_step.parameters(), lr=args.lr, fused=True)  # as ours: fused_adam
+    times: dict[str, list[float]] = {"spec_loader": [], "our_loader": [], "our_step_plain_loop": [], "ours": [],
+                                     "ours_unfused_adam": []}
     for _ in range(args.epochs):
         for name, loader in loaders.items():
             start = time.perf_counter()
@@ -207,15 +210,19 @@ def run_interleaved(args: argparse.Namespace, data: MNISTDataModule) -> dict[str
         plain_loop_epoch(our_step, loaders["our_loader"], our_step_optimizer)
         times["our_step_plain_loop"].append(time.perf_counter() - start)
         times["ours"] += fit_ours(args, ours, data, 1)[1]
+        with mock.patch("lightning_modules.vae.fused_adam", return_value=False):
+            times["ours_unfused_adam"] += fit_ours(args, ours_unfused, data, 1)[1]
         print("round", "  ".join(f"{name}={t[-1]:.1f}s" for name, t in times.items()),
               f"load={os.getloadavg()[0]:.1f}", flush=True)  # a partial run still says something
     result = {f"s_per_epoch_spec_on_{name}": statistics.median(times[name]) for name in loaders}
     result["s_per_epoch_our_step_plain_loop"] = statistics.median(times["our_step_plain_loop"])
     result["s_per_epoch_ours"] = statistics.median(times["ours"])
+    result["s_per_epoch_ours_unfused_adam"] = statistics.median(times["ours_unfused_adam"])
     ratios = {"ours_over_spec_on_spec_loader": ("ours", "spec_loader"),
               "ours_over_spec_on_our_loader": ("ours", "our_loader"),
               "our_step_plain_loop_over_spec_on_our_loader": ("our_step_plain_loop", "our_loader"),
-              "ours_over_our_step_plain_loop": ("ours", "our_step_plain_loop")}
+              "ours_over_our_step_plain_loop": ("ours", "our_step_plain_loop"),
+              "ours_over_ours_unfused_adam": ("ours", "ours_unfused_adam")}
     for name, (top, bottom) in ratios.items():  # per round, then the median over rounds
         result[f"median_ratio_{name}"] = statistics.median(a / b for a, b in zip(times[top], times[bottom]))
     return result
