@@ -14,7 +14,7 @@ from compat import drop_fit_dataloader
 
 def fused_adam(trainer: L.Trainer, clip_norm: float | None = None) -> bool:
     """Whether this run's Adam / AdamW take torch's fused kernel: one pass over each parameter tensor instead of about
-    ten elementwise ops, the same update (``tests/test_optim.py``), 3-4x faster optimizer steps on CPU
+    ten elementwise ops, the same update (``tests/test_optim.py``), 2-3x faster optimizer steps on CPU
     (``benchmarks/optimizer_step.py``: about a tenth of a ``vae_mnist`` step saved).
 
     Not when the run clips gradients (``trainer.gradient_clip_val``, or the model's own ``clip_norm``): under mixed
