@@ -9,15 +9,22 @@ with weight decay on matrices only for the ViT and the U-Net, Adam for the VAE, 
 random gradients. The three implementations step in turn, round by round, in one process; the table shows the median
 ms per optimizer step over the rounds, and the largest parameter difference between the default and the fused
 implementation after all the steps (the same update up to rounding).
+
+A second table times whole training steps (a real Trainer on real data, fp32, ``train_step_seconds``) of each config
+whose module takes the fused step, against the same module made to take torch's default one, interleaved round by
+round: median over rounds of the median step after the first. ``ddpm_mnist`` clips its gradients, so it is unfused
+either way and not in that table.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -86,11 +93,30 @@ def measure(name: str, rounds: int, steps: int) -> dict:
     }
 
 
+def train_steps(name: str, rounds: int, steps: int) -> dict[str, float] | None:
+    """Median ms per training step with the module's fused Adam and with torch's default one; None if unfused."""
+    from lightning_modules.precision import train_step_seconds
+
+    cli = build(CONFIGS[name][0], CONFIGS[name][1:], False, "32-true")
+    if cli.model.hparams.get("grad_clip_norm"):
+        return None
+    family = sys.modules[type(cli.model).__module__]
+    times = {"fused": [], "default": []}
+    for _ in range(rounds):
+        for impl in times:
+            with mock.patch.object(family, "fused_adam", return_value=impl == "fused"):
+                seconds = train_step_seconds(cli.model, cli.datamodule, "32-true", steps + 1)
+            times[impl].append(statistics.median(seconds[1:]) * 1e3)
+    return {impl: statistics.median(t) for impl, t in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=10, help="optimizer steps per implementation per round")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--train-rounds", type=int, default=5, help="rounds of the training-step table (0: skip it)")
+    parser.add_argument("--train-steps", type=int, default=6, help="timed training steps per variant per round")
     args = parser.parse_args()
     use_project_defaults()
     print(f"{machine_line()}; fp32 parameters\n")
@@ -101,6 +127,14 @@ def main() -> None:
         ms = r["ms"]
         print(f"| {name} | {r['tensors']} | {r['params'] / 1e6:.2f}M | {ms['default']:.2f} | {ms['foreach']:.2f} "
               f"| {ms['fused']:.2f} | {ms['default'] / ms['fused']:.1f}x | {r['max_diff']:.1e} |", flush=True)
+    if not args.train_rounds:
+        return
+    print("\n| config | train step, default Adam ms | train step, fused ms | speed-up | load avg |")
+    print("|---|---|---|---|---|")
+    for name in args.configs:
+        if (ms := train_steps(name, args.train_rounds, args.train_steps)) is not None:
+            print(f"| {name} | {ms['default']:.1f} | {ms['fused']:.1f} | {ms['default'] / ms['fused']:.2f}x "
+                  f"| {os.getloadavg()[0]:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

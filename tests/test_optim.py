@@ -47,3 +47,23 @@ def test_fused_step_is_the_same_update(optimizer):
         assert not torch.equal(p0, start)
         torch.testing.assert_close(p1, p0, rtol=1e-5, atol=1e-6)
     assert optimizers[1].param_groups[0]["fused"] and not optimizers[0].param_groups[0]["fused"]
+
+
+def test_checkpoints_resume_across_the_fused_flag(run_cli, tmp_path):
+    # The optimizer state carries the flag: a fused run's checkpoint must resume with clipping added under bf16-mixed
+    # (where Lightning refuses to clip for an optimizer built fused), and a checkpoint from before fused Adam must resume.
+    run = ["--config", "configs/vit_mnist.yaml", *TINY_VIT, "--trainer.precision=bf16-mixed", *CSV_LOGGER,
+           "--trainer.limit_val_batches=0", "--data.num_workers=0", "--data.batch_size=16",
+           "--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.init_args.dirpath=ckpts",
+           "--trainer.callbacks.init_args.filename={step}", "--trainer.callbacks.init_args.save_top_k=-1"]
+    run_cli("fit", *run, "--trainer.max_steps=2")
+    fused = torch.load(tmp_path / "ckpts/step=2.ckpt", weights_only=True)
+    assert all(group["fused"] for group in fused["optimizer_states"][0]["param_groups"])
+    clipped = run_cli("fit", *run, "--trainer.max_steps=4", "--trainer.gradient_clip_val=0.5",
+                      f"--ckpt_path={tmp_path / 'ckpts/step=2.ckpt'}")
+    assert clipped.trainer.global_step == 4
+    for group in fused["optimizer_states"][0]["param_groups"]:
+        group["fused"] = None  # as saved before fused Adam
+    torch.save(fused, tmp_path / "before_fused.ckpt")
+    resumed = run_cli("fit", *run, "--trainer.max_steps=4", f"--ckpt_path={tmp_path / 'before_fused.ckpt'}")
+    assert resumed.trainer.global_step == 4
