@@ -41,7 +41,13 @@ from lightning_modules.callbacks import (
     WarnOnScheduleChange,
 )
 from lightning_modules.checkpointing import SafeCheckpointIO, SaveOnSignal
-from lightning_modules.precision import check_precision, probe_cpu_precision, resolve_precision
+from lightning_modules.precision import (
+    PRECISION_KEY,
+    PrecisionRecord,
+    check_precision,
+    probe_cpu_precision,
+    resolve_precision,
+)
 from lightning_modules.quiet import filter_known_noise
 from lightning_modules.registry import project_class, project_class_names
 from lightning_modules.runs import WANDB_RUN_KEY, WandbRunRecord, join_wandb_run, run_checkpoint, run_summary
@@ -335,6 +341,8 @@ class Module14CLI(CLIHooks):
         parser.add_lightning_class_args(SaveOnSignal, "save_on_signal")
         # Always on: the W&B run id in every checkpoint, so resuming continues that run (lightning_modules/runs.py).
         parser.add_lightning_class_args(WandbRunRecord, "wandb_run_record")
+        # Always on: the precision in every checkpoint, so resuming with precision: null keeps it.
+        parser.add_lightning_class_args(PrecisionRecord, "precision_record")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         """Parses, and records which model init args the user typed (and their values) for ``--ckpt_path``."""
@@ -357,6 +365,7 @@ class Module14CLI(CLIHooks):
         self._checkpoint_hparams: dict = {}
         self._checkpoint_data_hparams: dict = {}
         self._wandb_run: dict | None = None
+        self._checkpoint_precision: str | None = None
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if not ckpt_path:
@@ -373,6 +382,7 @@ class Module14CLI(CLIHooks):
         self._checkpoint_hparams = checkpoint.get("hyper_parameters", {})
         self._checkpoint_data_hparams = checkpoint.get("datamodule_hyper_parameters", {})
         self._wandb_run = checkpoint.get(WANDB_RUN_KEY)
+        self._checkpoint_precision = checkpoint.get(PRECISION_KEY)
         del checkpoint  # the weights: Lightning loads them again when it restores
         hparams = {k: v for k, v in self._checkpoint_hparams.items() if k not in NOT_FROM_CHECKPOINT}
         wanted = self.config[subcommand].model.class_path
@@ -445,6 +455,10 @@ class Module14CLI(CLIHooks):
         self._probe_precision, self._precision_reason = False, None
         if config.trainer.get("precision") is None:
             precision, self._precision_reason = resolve_precision(str(config.trainer.get("accelerator") or "auto"))
+            resumed = self._checkpoint_precision if self.subcommand in ("fit", None) else None
+            if precision is None and resumed in ("32-true", "bf16-mixed"):  # keep it: close timings can fall either way
+                precision = resumed
+                self._precision_reason = "CPU with native bf16: the precision of the run this checkpoint continues"
             if precision is None:  # a native-bf16 CPU: time the model, in a single-process fit
                 self._probe_precision = self.subcommand in ("fit", None) and config.trainer.get("devices") in ("auto", 1)
                 if not self._probe_precision:

@@ -4,7 +4,8 @@
 - A CPU without native bf16 (no AVX-512 BF16 / AMX) -> ``32-true``: bf16 autocast is emulated there, ~20x slower.
 - A CPU with native bf16: it depends on the model (measured: a small ViT or DCGAN is 1.5-3x *slower* in bf16-mixed,
   a conv VAE or U-Net 1.5-3x faster), so a few training steps of the model are timed in both precisions
-  (``probe_cpu_precision``) and the faster wins; fp32 unless bf16 is clearly (10%) faster.
+  (``probe_cpu_precision``) and the faster wins; fp32 unless bf16 is clearly (10%) faster. A resumed fit keeps the
+  precision its checkpoint records (``PrecisionRecord``) instead of timing again: timings this close can fall either way.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from compat import cpu_has_native_bf16
 from lightning_modules.rng import global_rng_states, set_global_rng_states
 
 PROBE_MARGIN = 1.1  # bf16-mixed must be this much faster to be chosen over exact fp32
+PRECISION_KEY = "precision"  # the checkpoint entry PrecisionRecord writes
 # What module14 trains and is tested in (with Lightning's short aliases); null lets resolve_precision choose.
 SUPPORTED = {"32-true": "32-true", "32": "32-true", "bf16-mixed": "bf16-mixed", "bf16": "bf16-mixed",
              "16-mixed": "16-mixed (CUDA GPUs)", "16": "16-mixed"}
@@ -45,6 +47,14 @@ def resolve_precision(accelerator: str = "auto") -> tuple[str | None, str]:
     if cpu_has_native_bf16():
         return None, "CPU with native bf16: the faster of 32-true and bf16-mixed for this model, timed"
     return "32-true", "CPU without native bf16, where bf16 autocast is emulated and much slower than fp32"
+
+
+class PrecisionRecord(L.Callback):
+    """Stores the precision the run trains in in every checkpoint (``checkpoint["precision"]``), so that resuming it
+    with ``precision: null`` continues in that precision. The CLI adds this callback to every run."""
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        checkpoint[PRECISION_KEY] = trainer.precision
 
 
 class _StepTimer(L.Callback):

@@ -101,3 +101,18 @@ def test_time_train_steps_leaves_the_model_and_random_streams_alone(run_cli):
     assert resolver.time_train_steps(cli.model, cli.datamodule, "32-true", steps=1) > 0
     assert torch.equal(torch.random.get_rng_state(), state)
     assert all(torch.equal(before[k], v) for k, v in cli.model.state_dict().items())
+
+
+def test_resumed_fit_keeps_the_checkpoints_precision_untimed(run_cli, monkeypatch, capsys, tmp_path):
+    """On a native-bf16 CPU, timing decides; a resumed run must not flip precision mid-training on a new timing."""
+    monkeypatch.setattr(resolver, "cpu_has_native_bf16", lambda: True)
+    run = ["--config", "configs/vit_mnist.yaml", *TINY_VIT, *CSV_LOGGER, "--trainer.limit_val_batches=0",
+           "--data.num_workers=0", "--data.batch_size=16"]
+    run_cli("fit", *run, "--trainer.max_steps=2", "--trainer.precision=bf16-mixed")
+    (ckpt,) = tmp_path.glob("runs/**/checkpoints/last.ckpt")
+    assert torch.load(ckpt, weights_only=True)["precision"] == "bf16-mixed"
+    monkeypatch.setattr(resolver, "time_train_steps", lambda *a, **k: pytest.fail("timed a resumed fit"))
+    cli = run_cli("fit", *run, "--trainer.max_steps=4", "--trainer.precision=null", f"--ckpt_path={ckpt}")
+    assert cli.trainer.global_step == 4 and cli.trainer.precision == "bf16-mixed"
+    assert "precision bf16-mixed (CPU with native bf16: the precision of the run this checkpoint continues" in \
+        capsys.readouterr().err
