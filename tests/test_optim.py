@@ -1,4 +1,4 @@
-"""The models' Adam / AdamW run torch's fused kernel (faster on CPU) with the same update, except under 16-mixed."""
+"""The models' Adam / AdamW take torch's fused step (faster on CPU), the same update, unless the run clips gradients."""
 
 from __future__ import annotations
 
@@ -22,8 +22,7 @@ def test_clipping_under_bf16_mixed_trains_unfused(run_cli):
     # Lightning refuses to clip for a fused optimizer under mixed precision: such a run must take the unfused step.
     cli = run_cli("fit", "--config", "configs/vit_mnist.yaml", *TINY_VIT, "--trainer.precision=bf16-mixed",
                   "--trainer.gradient_clip_val=0.5", "--trainer.max_steps=2", "--trainer.limit_val_batches=0",
-                  *CSV_LOGGER, "--data.num_workers=0",
-                  "--data.batch_size=16")
+                  *CSV_LOGGER, "--data.num_workers=0", "--data.batch_size=16")
     assert cli.trainer.global_step == 2
     assert not any(group["fused"] for group in cli.trainer.optimizers[0].param_groups)
 
@@ -67,3 +66,4 @@ def test_checkpoints_resume_across_the_fused_flag(run_cli, tmp_path):
     torch.save(fused, tmp_path / "before_fused.ckpt")
     resumed = run_cli("fit", *run, "--trainer.max_steps=4", f"--ckpt_path={tmp_path / 'before_fused.ckpt'}")
     assert resumed.trainer.global_step == 4
+    assert resumed.trainer.optimizers[0].param_groups[0]["fused"] is None  # restored as saved: torch's default step
