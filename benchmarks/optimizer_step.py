@@ -4,21 +4,22 @@
 
     python benchmarks/optimizer_step.py [--rounds 7] [--steps 10]
 
-Each config's network is built through the real CLI, with the parameter groups its module gives the optimizer (AdamW
-with weight decay on matrices only for the ViT and the U-Net, Adam for the VAE, Adam for both DCGAN networks) and
-random gradients. The three implementations step in turn, round by round, in one process; the table shows the median
+Each config's module is built through the real CLI and trained one step, which gives the optimizers its
+``configure_optimizers`` builds (AdamW with weight decay on matrices only for the ViT and the U-Net, Adam for the VAE,
+Adam for both DCGAN networks); each implementation gets copies of their parameter groups and random gradients. The three implementations step in turn, round by round, in one process; the table shows the median
 ms per optimizer step over the rounds, and the largest parameter difference between the default and the fused
 implementation after all the steps (the same update up to rounding).
 
 A second table times whole training steps (a real Trainer on real data, fp32, ``train_step_seconds``) of each config
 whose module takes the fused step, against the same module made to take torch's default one, interleaved round by
-round: median over rounds of the median step after the first. ``ddpm_mnist`` clips its gradients, so it is unfused
-either way and not in that table.
+round: median over rounds of the median step after the first. ``ddpm_mnist`` clips its gradients, so its optimizer is
+unfused either way and it is not in that table.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import sys
@@ -26,6 +27,7 @@ import time
 from pathlib import Path
 from unittest import mock
 
+import lightning as L
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.compile_speedup import build  # noqa: E402
 from benchmarks.machine import machine_line, use_project_defaults  # noqa: E402
-from lightning_modules.optim import decay_groups  # noqa: E402
+from lightning_modules.precision import train_step_seconds  # noqa: E402
 
 CONFIGS = {
     "vit_mnist": ["configs/vit_mnist.yaml"],
@@ -45,32 +47,36 @@ CONFIGS = {
 IMPLEMENTATIONS = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 
 
-def param_groups(name: str, model) -> list[tuple[type, list, dict]]:
-    """(optimizer class, parameter groups, hyper-parameters) of each optimizer the module's configure_optimizers
-    builds, but with fresh copies of the parameters (so every implementation starts from the same weights)."""
-    hp = model.hparams
-    if name.startswith(("vit", "ddpm")):
-        return [(torch.optim.AdamW, decay_groups(model.net, hp.weight_decay), {"lr": hp.lr})]
-    if name.startswith("dcgan"):
-        adam = {"lr": hp.lr, "betas": tuple(hp.betas)}
-        return [(torch.optim.Adam, list(net.parameters()), adam) for net in (model.discriminator, model.generator)]
-    return [(torch.optim.Adam, list(model.parameters()), {"lr": hp.lr})]
+class _Optimizers(L.Callback):
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.optimizers = list(trainer.optimizers)
 
 
-def copy_groups(groups) -> list:
-    if groups and isinstance(groups[0], dict):
-        return [{**g, "params": [p.detach().clone().requires_grad_() for p in g["params"]]} for g in groups]
-    return [p.detach().clone().requires_grad_() for p in groups]
+def module_optimizers(cli) -> list[torch.optim.Optimizer]:
+    """The optimizers the config's module builds in a real fit (one step of a copy of the model)."""
+    capture = _Optimizers()
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[capture])
+    trainer.fit(copy.deepcopy(cli.model), cli.datamodule)
+    return capture.optimizers
+
+
+def copy_groups(optimizer: torch.optim.Optimizer) -> list[dict]:
+    """The optimizer's parameter groups (their hyper-parameters) with fresh copies of the parameters, the base lr
+    (``initial_lr``: the schedule of a one-step fit ends at 0, where no update would move a parameter) and without the
+    implementation flags, which each copy sets itself."""
+    return [{**{k: v for k, v in group.items() if k not in ("fused", "foreach")},
+             "lr": group.get("initial_lr", group["lr"]),
+             "params": [p.detach().clone().requires_grad_() for p in group["params"]]}
+            for group in optimizer.param_groups]
 
 
 def parameters(optimizer) -> list[torch.Tensor]:
     return [p for group in optimizer.param_groups for p in group["params"]]
 
 
-def measure(name: str, rounds: int, steps: int) -> dict:
-    model = build(CONFIGS[name][0], CONFIGS[name][1:], False, "32-true").model
-    specs = param_groups(name, model)
-    optimizers = {impl: [cls(copy_groups(groups), **hp, **kw) for cls, groups, hp in specs]
+def measure(module_opts: list[torch.optim.Optimizer], rounds: int, steps: int) -> dict:
+    optimizers = {impl: [type(opt)(copy_groups(opt), **kw) for opt in module_opts]
                   for impl, kw in IMPLEMENTATIONS.items()}
     torch.manual_seed(0)
     grads = [torch.randn_like(p) for opt in optimizers["default"] for p in parameters(opt)]
@@ -93,13 +99,8 @@ def measure(name: str, rounds: int, steps: int) -> dict:
     }
 
 
-def train_steps(name: str, rounds: int, steps: int) -> dict[str, float] | None:
-    """Median ms per training step with the module's fused Adam and with torch's default one; None if unfused."""
-    from lightning_modules.precision import train_step_seconds
-
-    cli = build(CONFIGS[name][0], CONFIGS[name][1:], False, "32-true")
-    if cli.model.hparams.get("grad_clip_norm"):
-        return None
+def train_steps(cli, rounds: int, steps: int) -> dict[str, float]:
+    """Median ms per training step with the module's fused Adam and with torch's default one."""
     family = sys.modules[type(cli.model).__module__]
     times = {"fused": [], "default": []}
     for _ in range(rounds):
@@ -122,8 +123,12 @@ def main() -> None:
     print(f"{machine_line()}; fp32 parameters\n")
     print("| config | tensors | parameters | default ms | foreach ms | fused ms | fused speed-up | max |default - fused| |")
     print("|---|---|---|---|---|---|---|---|")
-    for name in args.configs:
-        r = measure(name, args.rounds, args.steps)
+    clis = {name: build(CONFIGS[name][0], CONFIGS[name][1:], False, "32-true") for name in args.configs}
+    fused = {}
+    for name, cli in clis.items():
+        module_opts = module_optimizers(cli)
+        fused[name] = all(group["fused"] for opt in module_opts for group in opt.param_groups)
+        r = measure(module_opts, args.rounds, args.steps)
         ms = r["ms"]
         print(f"| {name} | {r['tensors']} | {r['params'] / 1e6:.2f}M | {ms['default']:.2f} | {ms['foreach']:.2f} "
               f"| {ms['fused']:.2f} | {ms['default'] / ms['fused']:.1f}x | {r['max_diff']:.1e} |", flush=True)
@@ -131,10 +136,10 @@ def main() -> None:
         return
     print("\n| config | train step, default Adam ms | train step, fused ms | speed-up | load avg |")
     print("|---|---|---|---|---|")
-    for name in args.configs:
-        if (ms := train_steps(name, args.train_rounds, args.train_steps)) is not None:
-            print(f"| {name} | {ms['default']:.1f} | {ms['fused']:.1f} | {ms['default'] / ms['fused']:.2f}x "
-                  f"| {os.getloadavg()[0]:.1f} |", flush=True)
+    for name in [name for name in clis if fused[name]]:
+        ms = train_steps(clis[name], args.train_rounds, args.train_steps)
+        print(f"| {name} | {ms['default']:.1f} | {ms['fused']:.1f} | {ms['default'] / ms['fused']:.2f}x "
+              f"| {os.getloadavg()[0]:.1f} |", flush=True)
 
 
 if __name__ == "__main__":
