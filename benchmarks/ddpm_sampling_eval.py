@@ -7,7 +7,9 @@ time and FID/KID.
 
 (``benchmarks/ddpm_mnist_budget.py`` trains the checkpoint and then calls ``evaluate``.) All samplers use the EMA
 weights, the same initial noise, and bf16 autocast where it is native (CUDA, or a CPU with AVX-512 BF16 / AMX;
-fp32 elsewhere, where bf16 is emulated and ~20x slower); the first 64 images of each are timed and saved as a grid.
+fp32 elsewhere, where bf16 is emulated and ~20x slower). They draw in batches of 64 on a CPU and of 1000 on a GPU
+(``BATCH``: 64 images leave a GPU idle between kernel launches); the time per 64 images is each batch's time scaled to
+64 images, median over the batches. The first 64 images of each sampler are saved as a grid.
 FID/KID (``SampleQuality``, classifier features) compare ``--num-fid`` samples of each sampler with as many MNIST test
 images; the same metrics between two disjoint sets of real images give the floor at that sample count. The samples
 are saved batch by batch under ``<out>/batches/<sampler>/`` (see ``draw``): the same command run again, e.g. once a
@@ -37,6 +39,7 @@ from lightning_modules.images import image_grid, save_png, to_unit_range  # noqa
 from lightning_modules.metrics import SampleQuality  # noqa: E402
 
 SAMPLERS = {"ddim50": dict(sampler="ddim", num_steps=50, eta=0.0), "ddpm1000": dict(sampler="ddpm", num_steps=None)}
+BATCH = {"cpu": 64, "cuda": 1000}  # images drawn at once, per device type
 
 
 def sampler_arguments(name: str) -> dict:
@@ -59,10 +62,12 @@ def real_images(n: int, train: bool) -> torch.Tensor:
 
 
 def quality(classifier: str, n: int, real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
-    metric = SampleQuality(features="classifier", classifier_checkpoint=classifier, kid_subset_size=min(100, n // 2))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    metric = SampleQuality(features="classifier", classifier_checkpoint=classifier,
+                           kid_subset_size=min(100, n // 2)).to(device)
     for i in range(0, n, 256):
-        metric.update(real[i:i + 256], real=True)
-        metric.update(fake[i:i + 256], real=False)
+        metric.update(real[i:i + 256].to(device), real=True)
+        metric.update(fake[i:i + 256].to(device), real=False)
     return {k: round(float(v), 5) for k, v in metric.compute().items()}
 
 
@@ -72,8 +77,9 @@ def checkpoint_identity(ckpt: Path) -> str:
     return f"{ckpt.resolve()} ({stat.st_size} bytes, mtime {stat.st_mtime_ns})"
 
 
-def draw(module, name: str, noise: torch.Tensor, folder: Path, source: str, bf16: bool):
-    """Every sample of ``noise`` with sampler ``name``, 64 at a time -> (images in [0, 1], seconds per batch).
+def draw(module, name: str, noise: torch.Tensor, folder: Path, source: str, bf16: bool, batch: int = 64):
+    """Every sample of ``noise`` with sampler ``name``, ``batch`` at a time -> (images in [0, 1], seconds per 64
+    images of each batch).
 
     Each batch is saved as it is drawn (``folder/<first index>.pt``, with its seconds and the checkpoint it came from)
     and a rerun loads the saved batches instead of drawing them again, so a long sampler (10,000 DDPM-1000 samples
@@ -81,7 +87,7 @@ def draw(module, name: str, noise: torch.Tensor, folder: Path, source: str, bf16
     index (its initial noise is ``noise``'s slice, its generator is seeded from the index), so a resumed run draws the
     same images an uninterrupted one would.
     """
-    device, shape, batch = noise.device.type, tuple(noise.shape[1:]), 64
+    device, shape = noise.device.type, tuple(noise.shape[1:])
     folder.mkdir(parents=True, exist_ok=True)
     chunks, seconds = [], []
     for start in range(0, len(noise), batch):
@@ -91,6 +97,9 @@ def draw(module, name: str, noise: torch.Tensor, folder: Path, source: str, bf16
             if saved["checkpoint"] != source:
                 raise SystemExit(f"{path} was drawn from {saved['checkpoint']}, not from {source}: delete {folder} "
                                  "to draw this sampler again from the current checkpoint.")
+            if saved.get("batch", 64) != batch:
+                raise SystemExit(f"{path} was drawn in batches of {saved.get('batch', 64)}, not {batch}: delete "
+                                 f"{folder} to draw this sampler again.")
         else:
             g = torch.Generator(device).manual_seed(1000 + start)
             begin = time.perf_counter()
@@ -98,12 +107,12 @@ def draw(module, name: str, noise: torch.Tensor, folder: Path, source: str, bf16
                 x = module.diffusion.sample(module.ema.module, shape, noise=noise[start:start + batch], generator=g,
                                             progress=False, **sampler_arguments(name))
             saved = {"images": to_unit_range(x.float().cpu(), module.value_range),
-                     "seconds": time.perf_counter() - begin, "checkpoint": source}
+                     "seconds": time.perf_counter() - begin, "checkpoint": source, "batch": batch}
             torch.save(saved, path.with_suffix(".tmp"))
             path.with_suffix(".tmp").replace(path)  # a run stopped mid-save leaves no half-written batch
             print(f"{name}: images {start}-{start + len(x)} in {saved['seconds']:.1f}s", flush=True)
         chunks.append(saved["images"])
-        seconds.append(saved["seconds"])
+        seconds.append(saved["seconds"] * 64 / len(saved["images"]))
     return torch.cat(chunks), seconds
 
 
@@ -124,12 +133,12 @@ def evaluate(ckpt: Path, args) -> dict:
     shape = tuple(module.hparams.image_shape)
     noise = torch.randn((args.num_fid, *shape), generator=torch.Generator().manual_seed(0)).to(device)
     results: dict = {"checkpoint": str(ckpt), "num_fid": args.num_fid, "threads": torch.get_num_threads(),
-                     "device": device, "autocast_bf16": bf16}
+                     "device": device, "autocast_bf16": bf16, "batch": BATCH[device]}
     source = checkpoint_identity(ckpt)
     samples = {}
     for name in args.samplers:
-        samples[name], seconds = draw(module, name, noise, out / "batches" / name, source, bf16)
-        results[f"{name}_seconds_64"] = round(statistics.median(seconds), 2)  # per batch of 64, median over batches
+        samples[name], seconds = draw(module, name, noise, out / "batches" / name, source, bf16, BATCH[device])
+        results[f"{name}_seconds_64"] = float(f"{statistics.median(seconds):.4g}")  # per 64 images, median of batches
         save_png(image_grid(samples[name][:64]), out / f"grid_{name}.png")
     results.update(speedups(results))
     add_quality(results, samples, args)

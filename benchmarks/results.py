@@ -264,17 +264,19 @@ def sampler_table(checkpoint: str, num_samples: int, samplers: list[str], comman
     out = RUNS / "ddpm_mnist" / f"samplers_{num_samples}"
     args = SimpleNamespace(out=str(out), num_fid=num_samples, samplers=samplers, classifier=str(MNIST_CLASSIFIER))
     measured = evaluate(ROOT / checkpoint, args)
-    return {**measured, "checkpoint": checkpoint, "features": feature_network(), "runs": [run]}  # path as in the row
+    return {**measured, "checkpoint": checkpoint, "features": feature_network(), "hardware": hardware(),
+            "runs": [run]}  # the checkpoint's path as in the row
 
 
 def merge_sampler_table(tables: list[dict], table: dict) -> list[dict]:
     """The row's tables with a newly measured one: it joins the table with the same number of samples on the same
-    features (its samplers' figures replace theirs, the speed-ups are recomputed, both commands are kept), or else
-    replaces it."""
+    features and hardware (its samplers' figures replace theirs, the speed-ups are recomputed, both commands are
+    kept), or else replaces it."""
     from benchmarks.ddpm_sampling_eval import speedups
 
     old = next((t for t in tables if t["num_fid"] == table["num_fid"]), None)
-    if old is not None and old["features"] == table["features"]:
+    same = ("features", "hardware", "batch")
+    if old is not None and all(old.get(key) == table.get(key) for key in same):
         table = {**old, **table, "runs": old["runs"] + table["runs"]}
         table.update(speedups(table))
     return [t for t in tables if t is not old] + [table]
@@ -358,8 +360,10 @@ def measure(name: str, seeds: list[int]) -> dict:
 
 
 def _commit() -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+    """HEAD's short hash; in a copy of the tree without its .git (a lent GPU machine), ``$MODULE14_COMMIT``."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                           check=False).stdout.strip()
+    return head or os.environ.get("MODULE14_COMMIT", "unknown")
 
 
 # ------------------------------------------------------------------------------------------------ rendering
@@ -414,7 +418,9 @@ def sampler_section(table: dict) -> list[str]:
     lines = [f"### `ddpm_mnist` samplers ({table['num_fid']:,} samples each, EMA weights, same initial noise)", "",
              "; ".join(f"`{run['command']}` ({run['date']}, commit {run['commit']})" for run in table["runs"])
              + ", on the ddpm_mnist row's checkpoint. "
-             f"FID and KID on the features of {table['features']}.", "",
+             f"FID and KID on the features of {table['features']}. "
+             f"Sampled on {table.get('hardware', 'the CPU of the row')}, {table.get('batch', 64)} images at a time; "
+             "s / 64 images is a batch's time scaled to 64 images, median over the batches.", "",
              "| sampler | FID (MNIST ViT) | KID | s / 64 images | speed-up vs DDPM-1000 | speed-up vs DDIM-50 (η = 0) |",
              "|---|---|---|---|---|---|"]
     for name in SAMPLERS:
@@ -422,7 +428,7 @@ def sampler_section(table: dict) -> list[str]:
             continue
         speed = [table.get(f"speedup_{name}_vs_{reference}", "–") for reference in ("ddpm1000", "ddim50_eta0")]
         lines.append(f"| {name} | {table[name]['fid_vit']:.2f} | {table[name]['kid_vit']:.4f} | "
-                     f"{table[f'{name}_seconds_64']} | {speed[0]} | {speed[1]} |")
+                     f"{table[f'{name}_seconds_64']:.4g} | {speed[0]} | {speed[1]} |")
     floor = table["real_train_vs_test"]
     lines += [f"| real train vs test (floor) | {floor['fid_vit']:.2f} | {floor['kid_vit']:.4f} | – | – | – |", ""]
     missing = [name for name in SAMPLERS if name not in table]

@@ -105,7 +105,7 @@ def test_sampler_table_states_the_solver_goal_from_its_own_figures(results, tmp_
     assert "`python benchmarks/results.py --sampler-table 10000` (2026-01-01, commit abc1234)" in text
     assert "dpm_solver10: FID 1.09x DDIM-50's, 5.0x as fast (met)" in text
     assert text.count("not the issue's 10,000") == 1
-    assert "| dpm_solver20 | 10.50 | 0.1000 | 2.0 | – | 2.5 |" in text
+    assert "| dpm_solver20 | 10.50 | 0.1000 | 2 | – | 2.5 |" in text
     assert "dpm_solver20: FID 1.05x DDIM-50's, 2.5x as fast (met)" in text
     assert "dpm_solver10: FID 1.20x DDIM-50's, 5.0x as fast (not met)" in text
     assert "FID and KID on the features of the MNIST ViT of commit abc1234." in text  # FIDs name their network
@@ -156,10 +156,13 @@ def test_a_sampler_table_joins_the_earlier_one_with_the_same_count_and_features(
     assert joined["speedup_ddim50_eta0_vs_ddpm1000"] == 20.0 and joined["speedup_dpm_solver10_vs_ddpm1000"] == 80.0
     text = "\n".join(results.sampler_section(joined))
     assert "`first` (2026-01-01, commit abc1234); `second` (2026-01-02, commit abc1234), on the ddpm_mnist" in text
-    assert "| ddpm1000 | 5.00 | 0.2000 | 160.0 | – | 0.05 |" in text
-    # on another feature network the FIDs are not comparable: the new table replaces the old one
+    assert "| ddpm1000 | 5.00 | 0.2000 | 160 | – | 0.05 |" in text
+    # on another feature network the FIDs are not comparable, on other hardware the times: the new table replaces
     other = {**sampler_figures({"ddpm1000": 160.0}, features="ViT B"), "runs": [run("third")]}
     assert results.merge_sampler_table([first], other) == [other]
+    on_gpu = {**sampler_figures({"ddpm1000": 0.5}), "hardware": "GPU: NVIDIA H200", "batch": 1000, "runs": [run("4")]}
+    assert results.merge_sampler_table([first], on_gpu) == [on_gpu]
+    assert "Sampled on GPU: NVIDIA H200, 1000 images at a time" in "\n".join(results.sampler_section(on_gpu))
 
 
 class CountingDiffusion:
@@ -193,6 +196,22 @@ def test_a_stopped_sampler_run_resumes_from_its_saved_batches(tmp_path):
     assert torch.equal(again, images) and seconds_again[0] == seconds[0] and seconds_again[2] == seconds[2]
     with pytest.raises(SystemExit, match="was drawn from ckpt A, not from ckpt B: delete"):
         draw(module, "ddim10_eta0", noise, tmp_path / "ddim10_eta0", "ckpt B", bf16=False)
+    with pytest.raises(SystemExit, match="was drawn in batches of 64, not 100: delete"):
+        draw(module, "ddim10_eta0", noise, tmp_path / "ddim10_eta0", "ckpt A", bf16=False, batch=100)
+
+
+def test_sampler_times_are_per_64_images_whatever_the_batch(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.ddpm_sampling_eval import draw
+
+    noise = torch.zeros(150, 1, 4, 4)
+    draw(CountingDiffusion(), "ddim10_eta0", noise, tmp_path, "ckpt A", bf16=False, batch=128)
+    for name, size in (("00000.pt", 128), ("00128.pt", 22)):  # as if each batch had taken 2 s
+        saved = torch.load(tmp_path / name)
+        assert len(saved["images"]) == size and saved["batch"] == 128
+        torch.save({**saved, "seconds": 2.0}, tmp_path / name)
+    images, seconds = draw(CountingDiffusion(), "ddim10_eta0", noise, tmp_path, "ckpt A", bf16=False, batch=128)
+    assert len(images) == 150 and seconds == pytest.approx([1.0, 2.0 * 64 / 22])
 
 
 def test_the_real_images_of_the_floor_are_the_same_in_every_run():
