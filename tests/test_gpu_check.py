@@ -40,3 +40,25 @@ def test_gpu_check_cpu_smoke(tmp_path, data_dir):
         rows_md = [line for line in table.splitlines() if line.startswith(f"| {family} | configs/")]
         assert len(rows_md) == len(PRECISIONS) * 2
     assert "## Real fit" in table and table in done.stdout  # the table is also printed
+
+
+def gpu_session(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    """benchmarks/gpu_session.sh, copied into an empty tree (no row checkpoints) and run from there."""
+    (tmp_path / "benchmarks").mkdir(exist_ok=True)
+    script = tmp_path / "benchmarks" / "gpu_session.sh"
+    script.write_text((ROOT / "benchmarks" / "gpu_session.sh").read_text())
+    return subprocess.run(["bash", str(script), *args], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+
+
+def test_gpu_session_says_what_is_missing_before_it_starts(tmp_path):
+    done = gpu_session(tmp_path, "run", ".gpu_data", "out", "585")
+    assert done.returncode == 1 and not (tmp_path / "out").exists()  # nothing started
+    assert ".gpu_data/MNIST/raw/*.gz (bash benchmarks/gpu_session.sh pack .gpu_data)" in done.stderr
+    assert "runs/results/vit_mnist/seed42/final.ckpt (python benchmarks/results.py --row vit_mnist)" in done.stderr
+    assert "runs/results/ddpm_mnist/seed42/final.ckpt (python benchmarks/results.py --row ddpm_mnist)" in done.stderr
+
+
+@pytest.mark.parametrize("args", [(), ("run", ".gpu_data"), ("pack",), ("draw",)])
+def test_gpu_session_usage(tmp_path, args):
+    done = gpu_session(tmp_path, *args)
+    assert done.returncode == 2 and "usage:" in done.stderr
