@@ -22,8 +22,12 @@ def cpu_flags() -> str:
 
 
 def machine_line() -> str:
-    """CPU flags, torch version, threads and the load average now (a shared machine inflates absolute times)."""
+    """CPU flags, the instruction set torch's kernels use (lower than the flags when ``ATEN_CPU_CAPABILITY`` /
+    ``ONEDNN_MAX_CPU_ISA`` cap it, e.g. to time an AVX2-only CPU on an AVX-512 one), torch version, threads and the load
+    average now (a shared machine inflates absolute times)."""
     import torch
 
-    return (f"CPU flags: {cpu_flags()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    isa = torch.backends.cpu.get_cpu_capability() + (f", oneDNN capped at {onednn}" if onednn else "")
+    return (f"CPU flags: {cpu_flags()} (kernels: {isa}); torch {torch.__version__}, {torch.get_num_threads()} threads; "
             f"load average {os.getloadavg()[0]:.1f}")
