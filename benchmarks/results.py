@@ -268,6 +268,12 @@ def sampler_table(checkpoint: str, num_samples: int, samplers: list[str], comman
             "runs": [run]}  # the checkpoint's path as in the row
 
 
+def sampler_tables(ddpm: dict) -> list[dict]:
+    """The ddpm_mnist row's sampler tables; those from before the tables recorded where they were drawn get the row's
+    hardware and batches of 64 (where and how they were drawn)."""
+    return [{"hardware": ddpm["hardware"], "batch": 64, **table} for table in ddpm.get("samplers", [])]
+
+
 def merge_sampler_table(tables: list[dict], table: dict) -> list[dict]:
     """The row's tables with a newly measured one: it joins the table with the same number of samples on the same
     features and hardware (its samplers' figures replace theirs, the speed-ups are recomputed, both commands are
@@ -419,7 +425,7 @@ def sampler_section(table: dict) -> list[str]:
              "; ".join(f"`{run['command']}` ({run['date']}, commit {run['commit']})" for run in table["runs"])
              + ", on the ddpm_mnist row's checkpoint. "
              f"FID and KID on the features of {table['features']}. "
-             f"Sampled on {table.get('hardware', 'the CPU of the row')}, {table.get('batch', 64)} images at a time; "
+             f"Sampled on {table.get('hardware', 'unrecorded hardware')}, {table.get('batch', 64)} images at a time; "
              "s / 64 images is a batch's time scaled to 64 images, median over the batches.", "",
              "| sampler | FID (MNIST ViT) | KID | s / 64 images | speed-up vs DDPM-1000 | speed-up vs DDIM-50 (η = 0) |",
              "|---|---|---|---|---|---|"]
@@ -428,7 +434,7 @@ def sampler_section(table: dict) -> list[str]:
             continue
         speed = [table.get(f"speedup_{name}_vs_{reference}", "–") for reference in ("ddpm1000", "ddim50_eta0")]
         lines.append(f"| {name} | {table[name]['fid_vit']:.2f} | {table[name]['kid_vit']:.4f} | "
-                     f"{table[f'{name}_seconds_64']:.4g} | {speed[0]} | {speed[1]} |")
+                     f"{table[f'{name}_seconds_64']:g} | {speed[0]} | {speed[1]} |")
     floor = table["real_train_vs_test"]
     lines += [f"| real train vs test (floor) | {floor['fid_vit']:.2f} | {floor['kid_vit']:.4f} | – | – | – |", ""]
     missing = [name for name in SAMPLERS if name not in table]
@@ -480,7 +486,7 @@ def render(results: dict[str, dict]) -> str:
     lines = [HEADER, "| row | hardware | budget | metrics (protocol) | grid | command |", "|---|---|---|---|---|---|"]
     lines += [table_row(name, results.get(name)) for name in ROWS]
     lines.append("")
-    for table in sorted(results.get("ddpm_mnist", {}).get("samplers", []), key=lambda t: -t["num_fid"]):
+    for table in sorted(sampler_tables(results.get("ddpm_mnist", {})), key=lambda t: -t["num_fid"]):
         lines += sampler_section(table)
     grids = [(name, r) for name, r in results.items() if name in ROWS]
     if grids:
@@ -532,7 +538,7 @@ def main(argv: list[str] | None = None) -> None:
         results[args.row] = record  # a retrained row drops the sampler tables of its old checkpoint
     if table is not None:
         ddpm = results["ddpm_mnist"]
-        ddpm["samplers"] = merge_sampler_table(ddpm.get("samplers", []), table)
+        ddpm["samplers"] = merge_sampler_table(sampler_tables(ddpm), table)
     write(results)
     what = f" (row {args.row})" if args.row else f" (sampler table, {args.sampler_table} samples)" if table else ""
     print(f"wrote {RESULTS_MD.relative_to(ROOT)}{what}")

@@ -123,6 +123,20 @@ def test_sampler_table_needs_at_least_64_samples(results, count, tmp_path, monke
         results.main(["--sampler-table", count])
 
 
+def test_a_table_from_before_tables_named_their_hardware_joins_a_new_one_on_the_rows_cpu(results, monkeypatch):
+    cpu = "CPU: test CPU, 2 cores, flags avx2"
+    earlier = {**sampler_figures({"ddim50_eta0": 8.0}), "runs": [run("earlier")]}  # no "hardware" or "batch" keys
+    written = {}
+    monkeypatch.setattr(results, "load_results", lambda: {"ddpm_mnist": {"hardware": cpu, "samplers": [earlier]}})
+    monkeypatch.setattr(results, "extra_sampler_table", lambda n, samplers: {
+        **sampler_figures({"ddpm1000": 160.0}), "hardware": cpu, "batch": 64, "runs": [run("now")]})
+    monkeypatch.setattr(results, "write", lambda r: written.update(r))
+    results.main(["--sampler-table", "10000", "--samplers", "ddpm1000"])
+    (table,) = written["ddpm_mnist"]["samplers"]
+    assert [r["command"] for r in table["runs"]] == ["earlier", "now"]
+    assert table["speedup_ddim50_eta0_vs_ddpm1000"] == 20.0
+
+
 def test_sampler_table_refuses_an_unknown_sampler(results, capsys):
     with pytest.raises(SystemExit) as stop:
         results.main(["--sampler-table", "512", "--samplers", "ddim7_eta0"])
