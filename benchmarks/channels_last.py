@@ -25,6 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.compile_speedup import build  # noqa: E402
 from benchmarks.machine import machine_line, use_project_defaults  # noqa: E402
 
 _SUBSET = ["--data.init_args.verify_integrity=false"]  # the shared CIFAR-10 / CelebA copies are partial
@@ -35,15 +36,6 @@ CASES = {
     "vae_cifar10": ("configs/vae_cifar10.yaml", _SUBSET),
 }
 LAYOUTS = ("NCHW", "channels_last")
-
-
-def build(config: str, overrides: list[str]):
-    from cli import build_cli
-
-    cli = build_cli(["--config", str(ROOT / config), *overrides, "--trainer.logger=false", "--data.num_workers=0",
-                     "--trainer.precision=32-true"], run=False)
-    cli.datamodule.setup("fit")
-    return cli
 
 
 @torch.no_grad()
@@ -61,10 +53,11 @@ def measure(case: str, precisions: list[str], rounds: int, steps: int, bf16: boo
     from lightning_modules.precision import train_step_seconds
 
     config, overrides = CASES[case]
-    cli = build(config, overrides)
+    cli = build(config, overrides, False, "32-true")
     models = {"NCHW": cli.model, "channels_last": copy.deepcopy(cli.model).to(memory_format=torch.channels_last)}
-    times: dict[tuple[str, str], list[float]] = {(p, layout): [] for p in precisions for layout in LAYOUTS}
     sample = "sampling" if case == "unet" else None
+    timed = [*precisions, *([sample] if sample else [])]
+    times: dict[tuple[str, str], list[float]] = {(what, layout): [] for what in timed for layout in LAYOUTS}
     for _ in range(rounds):
         for precision in precisions:
             for layout in LAYOUTS:
@@ -73,11 +66,10 @@ def measure(case: str, precisions: list[str], rounds: int, steps: int, bf16: boo
         if sample:
             for layout in LAYOUTS:
                 net = models[layout].net.eval()
-                times.setdefault((sample, layout), []).append(sampling_seconds(net, cli.model.hparams.image_shape,
-                                                                               bf16))
+                times[sample, layout].append(sampling_seconds(net, cli.model.hparams.image_shape, bf16))
                 net.train()
     rows = []
-    for what in [*precisions, *([sample] if sample else [])]:
+    for what in timed:
         nchw, last = (statistics.median(times[what, layout]) * 1e3 for layout in LAYOUTS)
         rows.append({"case": case, "config": config, "what": what if what == sample else f"train step, {what}",
                      "nchw_ms": nchw, "channels_last_ms": last, "speedup": nchw / last})

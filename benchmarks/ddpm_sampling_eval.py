@@ -61,8 +61,7 @@ def real_images(n: int, train: bool) -> torch.Tensor:
     return next(iter(DataLoader(data.train_set if train else data.test_set, batch_size=n)))[0][:n]
 
 
-def quality(classifier: str, n: int, real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+def quality(classifier: str, n: int, real: torch.Tensor, fake: torch.Tensor, device: str) -> dict[str, float]:
     metric = SampleQuality(features="classifier", classifier_checkpoint=classifier,
                            kid_subset_size=min(100, n // 2)).to(device)
     for i in range(0, n, 256):
@@ -150,8 +149,9 @@ def add_quality(results: dict, samples: dict[str, torch.Tensor], args) -> None:
     if args.classifier and Path(args.classifier).is_file():
         test = real_images(args.num_fid, train=False)
         for name, fake in samples.items():
-            results[name] = quality(args.classifier, args.num_fid, test, fake)
-        results["real_train_vs_test"] = quality(args.classifier, args.num_fid, test, real_images(args.num_fid, True))
+            results[name] = quality(args.classifier, args.num_fid, test, fake, results["device"])
+        results["real_train_vs_test"] = quality(args.classifier, args.num_fid, test, real_images(args.num_fid, True),
+                                                results["device"])
     else:
         print(f"no classifier checkpoint at '{args.classifier}': FID/KID skipped. Run the same command with "
               "--classifier <ViTClassifier checkpoint>: it reuses the saved samples.", flush=True)

@@ -425,7 +425,7 @@ def sampler_section(table: dict) -> list[str]:
              "; ".join(f"`{run['command']}` ({run['date']}, commit {run['commit']})" for run in table["runs"])
              + ", on the ddpm_mnist row's checkpoint. "
              f"FID and KID on the features of {table['features']}. "
-             f"Sampled on {table.get('hardware', 'unrecorded hardware')}, {table.get('batch', 64)} images at a time; "
+             f"Sampled on {table['hardware']}, {table['batch']} images at a time; "
              "s / 64 images is a batch's time scaled to 64 images, median over the batches.", "",
              "| sampler | FID (MNIST ViT) | KID | s / 64 images | speed-up vs DDPM-1000 | speed-up vs DDIM-50 (η = 0) |",
              "|---|---|---|---|---|---|"]

@@ -125,7 +125,8 @@ def test_sampler_table_needs_at_least_64_samples(results, count, tmp_path, monke
 
 def test_a_table_from_before_tables_named_their_hardware_joins_a_new_one_on_the_rows_cpu(results, monkeypatch):
     cpu = "CPU: test CPU, 2 cores, flags avx2"
-    earlier = {**sampler_figures({"ddim50_eta0": 8.0}), "runs": [run("earlier")]}  # no "hardware" or "batch" keys
+    earlier = {k: v for k, v in sampler_figures({"ddim50_eta0": 8.0}).items() if k not in ("hardware", "batch")}
+    earlier["runs"] = [run("earlier")]  # a table from before tables recorded their hardware and batch
     written = {}
     monkeypatch.setattr(results, "load_results", lambda: {"ddpm_mnist": {"hardware": cpu, "samplers": [earlier]}})
     monkeypatch.setattr(results, "extra_sampler_table", lambda n, samplers: {
@@ -152,7 +153,8 @@ def test_every_sampler_of_the_table_is_one_the_evaluation_runs(results):
 
 
 def sampler_figures(seconds: dict[str, float], features: str = "ViT A", num_fid: int = 10_000) -> dict:
-    return {"num_fid": num_fid, "features": features, "real_train_vs_test": {"fid_vit": 0.3, "kid_vit": 0.01},
+    return {"num_fid": num_fid, "features": features, "hardware": "CPU: test CPU, 2 cores, flags avx2", "batch": 64,
+            "real_train_vs_test": {"fid_vit": 0.3, "kid_vit": 0.01},
             **{name: {"fid_vit": 5.0, "kid_vit": 0.2} for name in seconds},
             **{f"{name}_seconds_64": value for name, value in seconds.items()}}
 
