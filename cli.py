@@ -134,9 +134,10 @@ def read_checkpoint(path: str) -> dict:
     return checkpoint
 
 
-# Checkpoint hyperparameters that are not merged into the run's config: Lightning's bookkeeping, and ``compile``, a
-# setting of how this run executes (a compiled run's checkpoint evaluates eagerly unless this run asks to compile).
-NOT_FROM_CHECKPOINT = ("_class_path", "_instantiator", "compile")
+# Checkpoint hyperparameters that are not merged into the run's config: Lightning's bookkeeping, and ``compile`` and
+# ``channels_last``, settings of how this run executes (a compiled or NHWC run's checkpoint evaluates eagerly, in NCHW,
+# unless this run asks otherwise).
+NOT_FROM_CHECKPOINT = ("_class_path", "_instantiator", "compile", "channels_last")
 
 
 RENAMED_HYPERPARAMETERS = {  # old name -> what replaced it (issue 12's one vocabulary)

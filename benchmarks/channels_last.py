@@ -1,20 +1,19 @@
 """Does ``channels_last`` (NHWC) memory format pay for the conv families on this CPU? Train steps and U-Net sampling.
 
-    python benchmarks/channels_last.py [--rounds 3] [--steps 5] [--cases unet dcgan dcgan_celeba vae_cifar10]
+    python benchmarks/channels_last.py [--rounds 3] [--steps 5] [--cases unet dcgan dcgan_cifar10 ...]
 
 For each case, the config's LightningModule is built through the real CLI and trained by a real Trainer on its real
-data (``lightning_modules.precision.train_step_seconds``) as it is (NCHW, PyTorch's default) and after
-``model.to(memory_format=torch.channels_last)`` (every 4-D weight in NHWC; a conv then writes NHWC outputs, so the
-layout carries through the network). Both layouts alternate round by round in one process, in fp32 and, where this
-CPU has native bf16, in bf16-mixed; a round's figure is the median of its steps after the first, the table the median
-over rounds. For the U-Net it also times sampling: 10 network evaluations of a batch of 64 without gradients, in bf16
-autocast where native. Nothing in module14 uses channels_last yet: this script is the evidence for deciding.
+data (``lightning_modules.precision.train_step_seconds``) with ``channels_last: false`` (NCHW, PyTorch's default) and
+``true`` (every 4-D weight in NHWC; a conv then writes NHWC outputs, so the layout carries through the network: see
+``lightning_modules/memory_format.py``), whatever the config says. Both layouts alternate round by round in one
+process, in fp32 and, where this CPU has native bf16, in bf16-mixed; a round's figure is the median of its steps after
+the first, the table the median over rounds. For the U-Net it also times sampling: 10 network evaluations of a batch
+of 64 without gradients, in bf16 autocast where native. These figures decide which configs turn ``channels_last`` on.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import sys
 import time
@@ -32,6 +31,7 @@ _SUBSET = ["--data.init_args.verify_integrity=false"]  # the shared CIFAR-10 / C
 CASES = {
     "unet": ("configs/ddpm_mnist.yaml", []),
     "dcgan": ("configs/dcgan_mnist.yaml", []),
+    "dcgan_cifar10": ("configs/dcgan_cifar10.yaml", _SUBSET),
     "dcgan_celeba": ("configs/dcgan_celeba.yaml", _SUBSET),
     "vae_cifar10": ("configs/vae_cifar10.yaml", _SUBSET),
 }
@@ -53,8 +53,13 @@ def measure(case: str, precisions: list[str], rounds: int, steps: int, bf16: boo
     from lightning_modules.precision import train_step_seconds
 
     config, overrides = CASES[case]
-    cli = build(config, overrides, False, "32-true")
-    models = {"NCHW": cli.model, "channels_last": copy.deepcopy(cli.model).to(memory_format=torch.channels_last)}
+    clis = {layout: build(config, [*overrides, f"--model.init_args.channels_last={str(on).lower()}"], False, "32-true")
+            for layout, on in zip(LAYOUTS, (False, True))}
+    models = {layout: cli.model for layout, cli in clis.items()}
+    models["channels_last"].load_state_dict(models["NCHW"].state_dict())  # the same weights in both layouts
+    for model in models.values():
+        model.configure_model()  # where the model takes its layout (Lightning calls it again: a no-op)
+    cli = clis["NCHW"]
     sample = "sampling" if case == "unet" else None
     timed = [*precisions, *([sample] if sample else [])]
     times: dict[tuple[str, str], list[float]] = {(what, layout): [] for what in timed for layout in LAYOUTS}

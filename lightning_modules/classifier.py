@@ -12,7 +12,9 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_modules.compiling import compile_networks
-from lightning_modules.optim import decay_groups, fused_adam, total_training_steps, warmup_cosine
+from lightning_modules.optim import (
+    decay_groups, fused_adam, keep_state_in_parameter_layout, total_training_steps, warmup_cosine,
+)
 from networks.vit import VisionTransformer
 
 
@@ -104,8 +106,8 @@ class ViTClassifier(L.LightningModule):
         return {"pred": probs.argmax(dim=-1), "probs": probs, "label": y}
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(decay_groups(self.net, self.hparams.weight_decay), lr=self.hparams.lr,
-                                      fused=fused_adam(self.trainer))
+        optimizer = keep_state_in_parameter_layout(torch.optim.AdamW(
+            decay_groups(self.net, self.hparams.weight_decay), lr=self.hparams.lr, fused=fused_adam(self.trainer)))
         total = total_training_steps(self.trainer)
         scheduler = warmup_cosine(optimizer, round(self.hparams.warmup_fraction * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -15,7 +15,8 @@ from datamodules import VALUE_RANGES
 from lightning_modules.compiling import compile_networks
 from lightning_modules.ema import EMA
 from lightning_modules.images import require_value_range, to_unit_range
-from lightning_modules.optim import decay_groups, fused_adam
+from lightning_modules.memory_format import use_channels_last
+from lightning_modules.optim import decay_groups, fused_adam, keep_state_in_parameter_layout
 from lightning_modules.rng import seeded_generator
 from networks.diffusion import DDPMVariance, GaussianDiffusion, Prediction, Sampler, Schedule
 from networks.unet import SimpleUNet
@@ -48,6 +49,8 @@ class DiffusionModule(L.LightningModule):
         trajectory_grid: also log a grid of x̂_0 along the sampling trajectory with the sample grids.
         compile: run the trained U-Net through ``torch.compile`` (see ``lightning_modules/compiling.py``); the EMA
             copy, which samples, stays eager.
+        channels_last: keep the convolutions' weights and activations in NHWC memory layout (see
+            ``lightning_modules/memory_format.py``; on in the DCGAN configs).
         **unet: ``SimpleUNet``'s arguments, stated there (``model_channels``, ``num_res_blocks``, ``channel_mult``,
             ``attention_levels``, ``num_heads``, ``dropout``, ``norm_groups``); the CLI offers them as
             ``--model.init_args.*``.
@@ -80,6 +83,7 @@ class DiffusionModule(L.LightningModule):
         noise_seed: int = 0,
         trajectory_grid: bool = True,
         compile: bool = False,
+        channels_last: bool = False,
         **unet,
     ) -> None:
         super().__init__()
@@ -116,6 +120,8 @@ class DiffusionModule(L.LightningModule):
         return T if sampler == "ddpm" else min(DEFAULT_STEPS[sampler], T)
 
     def configure_model(self) -> None:
+        if self.hparams.channels_last:
+            use_channels_last(self)
         if self.hparams.compile:
             compile_networks(self.net)
 
@@ -144,8 +150,9 @@ class DiffusionModule(L.LightningModule):
             self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip_norm, gradient_clip_algorithm="norm")
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(decay_groups(self.net, self.hparams.weight_decay), lr=self.hparams.lr,
-                                      fused=fused_adam(self.trainer, self.hparams.grad_clip_norm))
+        optimizer = keep_state_in_parameter_layout(torch.optim.AdamW(
+            decay_groups(self.net, self.hparams.weight_decay), lr=self.hparams.lr,
+            fused=fused_adam(self.trainer, self.hparams.grad_clip_norm)))
         warmup = max(1, self.hparams.warmup_steps)
         scheduler = LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

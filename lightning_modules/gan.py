@@ -21,7 +21,8 @@ from datamodules import VALUE_RANGES
 from lightning_modules.compiling import compile_networks
 from lightning_modules.ema import EMA
 from lightning_modules.images import require_value_range, to_unit_range
-from lightning_modules.optim import fused_adam
+from lightning_modules.memory_format import use_channels_last
+from lightning_modules.optim import fused_adam, keep_state_in_parameter_layout
 from lightning_modules.rng import seeded_generator
 from networks.gan import DCGANDiscriminator, DCGANGenerator, Discriminator, Generator
 
@@ -53,6 +54,8 @@ class GANModule(L.LightningModule):
         noise_seed: seed of the noise streams (training, validation, predict).
         compile: run the generator and discriminator through ``torch.compile`` (see
             ``lightning_modules/compiling.py``).
+        channels_last: keep the convolutions' weights and activations in NHWC memory layout (see
+            ``lightning_modules/memory_format.py``; on in the DCGAN configs).
     """
 
     # Chosen at inference time: with --ckpt_path a typed value wins over the checkpoint's (see cli.py).
@@ -74,6 +77,7 @@ class GANModule(L.LightningModule):
         ema_decay: float | None = None,
         noise_seed: int = 0,
         compile: bool = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.value_range = require_value_range("GANModule", value_range, "minus_one_one", "the generator's Tanh")
@@ -136,6 +140,8 @@ class GANModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------------------------ training
     def configure_model(self) -> None:
+        if self.hparams.channels_last:
+            use_channels_last(self)
         if self.hparams.compile:
             compile_networks(self.generator, self.discriminator)
 
@@ -190,8 +196,8 @@ class GANModule(L.LightningModule):
     def configure_optimizers(self):
         fused = fused_adam(self.trainer, self.hparams.grad_clip_norm)
         adam = dict(lr=self.hparams.lr, betas=tuple(self.hparams.betas), fused=fused)
-        opt_d = torch.optim.Adam(self.discriminator.parameters(), **adam)
-        opt_g = torch.optim.Adam(self.generator.parameters(), **adam)
+        opt_d = keep_state_in_parameter_layout(torch.optim.Adam(self.discriminator.parameters(), **adam))
+        opt_g = keep_state_in_parameter_layout(torch.optim.Adam(self.generator.parameters(), **adam))
         return [opt_d, opt_g]
 
     # ----------------------------------------------------------------------------------------- validation, test

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import lightning as L
+import torch
 import torch.nn as nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
@@ -22,6 +23,29 @@ def fused_adam(trainer: L.Trainer, clip_norm: float | None = None) -> bool:
     step. The clipping models (DDPM) spend under 1% of a step in the optimizer.
     """
     return not (clip_norm or trainer.gradient_clip_val)
+
+
+def keep_state_in_parameter_layout(optimizer: Optimizer) -> Optimizer:
+    """Make ``optimizer`` lay a loaded state out as its parameters are laid out in memory; returns it.
+
+    A checkpoint stores each Adam moment with the strides it was saved with. Resuming a ``channels_last: false`` run
+    with ``channels_last: true`` (or back) would give NCHW moments to NHWC parameters, and torch's fused CPU Adam
+    reads parameter, gradient and moments as flat arrays without checking: its step comes out silently wrong
+    (0.16 off at lr 0.1, torch 2.14; ``tests/test_optim.py``). After ``load_state_dict`` each loaded tensor shaped
+    like its parameter is copied into the parameter's layout.
+    """
+
+    def relayout(opt: Optimizer) -> None:
+        for group in opt.param_groups:
+            for param in group["params"]:
+                state = opt.state.get(param, {})
+                for key, value in state.items():
+                    if (isinstance(value, torch.Tensor) and value.shape == param.shape
+                            and value.stride() != param.stride()):
+                        state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+    optimizer.register_load_state_dict_post_hook(relayout)
+    return optimizer
 
 
 def decay_groups(module: nn.Module, weight_decay: float) -> list[dict]:

@@ -17,7 +17,8 @@ from torchmetrics import Metric
 from datamodules import VALUE_RANGES
 from lightning_modules.compiling import compile_networks
 from lightning_modules.images import require_value_range, to_unit_range
-from lightning_modules.optim import fused_adam, total_training_steps, warmup_cosine
+from lightning_modules.memory_format import use_channels_last
+from lightning_modules.optim import fused_adam, keep_state_in_parameter_layout, total_training_steps, warmup_cosine
 from lightning_modules.rng import seeded_generator
 from lightning_modules.step_logging import RunningMeans, logger_writes_this_step
 from networks.vae import ConvVAE, GaussianLatentAutoencoder, VAE
@@ -141,6 +142,8 @@ class VAEModule(L.LightningModule):
         traversal_dims: latent dimensions shown in the traversal panel (the most used ones; 0: no panel).
         noise_seed: seed of the noise ``predict`` draws (combined with the rank and batch index).
         compile: run the network through ``torch.compile`` (see ``lightning_modules/compiling.py``).
+        channels_last: keep the convolutions' weights and activations in NHWC memory layout (see
+            ``lightning_modules/memory_format.py``; on in the DCGAN configs).
     """
 
     # Chosen at inference time: with --ckpt_path a typed value wins over the checkpoint's (see cli.py).
@@ -171,6 +174,7 @@ class VAEModule(L.LightningModule):
         traversal_dims: int = 10,
         noise_seed: int = 0,
         compile: bool = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self._check_config(architecture, num_hidden_layers, likelihood, gaussian_scale, binarize, beta)
@@ -226,6 +230,8 @@ class VAEModule(L.LightningModule):
 
     # -------------------------------------------------------------------------------------------- the model
     def configure_model(self) -> None:
+        if self.hparams.channels_last:
+            use_channels_last(self)
         if self.hparams.compile:
             compile_networks(self.net)
 
@@ -408,7 +414,8 @@ class VAEModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------------------ optimiser
     def configure_optimizers(self):
-        optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, fused=fused_adam(self.trainer))
+        optimizer = keep_state_in_parameter_layout(
+            torch.optim.Adam(self.parameters(), lr=self.hparams.lr, fused=fused_adam(self.trainer)))
         if self.hparams.lr_schedule == "constant":
             return optimizer
         scheduler = warmup_cosine(optimizer, 0, total_training_steps(self.trainer))

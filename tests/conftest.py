@@ -65,6 +65,30 @@ def module14(*args: str, cwd: Path, timeout: float = 300, env: dict | None = Non
                           env={**clean, **(env or {})})
 
 
+# --- memory layouts at the optimizer step ------------------------------------------------------------------------
+def memory_order(t: torch.Tensor) -> list[int]:
+    """The dimensions of size > 1, outermost in memory first (NCHW and channels_last differ; size-1 dims do not count)."""
+    return sorted((d for d in range(t.dim()) if t.shape[d] > 1), key=lambda d: -t.stride(d))
+
+
+class LayoutWatch(L.Callback):
+    """At each optimizer step, the parameters whose gradient or Adam moments are laid out otherwise in memory. torch's
+    fused CPU Adam reads all of them as flat arrays: a channels_last parameter with NCHW moments took a step up to 0.16
+    away from torch's default Adam's in a check at lr 0.1 (torch 2.14; CUDA's fused Adam raises instead)."""
+
+    def __init__(self) -> None:
+        self.steps, self.mismatched = 0, []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.steps += 1
+        state = getattr(optimizer, "optimizer", optimizer).state
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                others = [p.grad] + [state.get(p, {}).get(k) for k in ("exp_avg", "exp_avg_sq")]
+                if any(t is not None and memory_order(t) != memory_order(p) for t in others):
+                    self.mismatched.append(tuple(p.shape))
+
+
 # The shared CIFAR-10 and CelebA copies are real subsets whose md5 differ from torchvision's: tests opt in to them.
 SUBSET_OPT_IN = "--data.init_args.verify_integrity=false"
 

@@ -70,6 +70,9 @@ def test_generative_ddp_ranks_agree_and_files_are_written_once(tmp_path, family)
     rank0, rank1 = rank_state(tmp_path / "ddp", "fit", 0), rank_state(tmp_path / "ddp", "fit", 1)
     weights = [{k: v for k, v in r["state"].items() if not k.endswith(PER_RANK_BUFFERS)} for r in (rank0, rank1)]
     assert_same_weights(*weights)
+    if family == "gan":  # the DCGAN config trains in NHWC layout (channels_last: true), on every rank
+        kernels = [r["state"]["generator.model.0.weight"] for r in (rank0, rank1)]
+        assert all(k.is_contiguous(memory_format=torch.channels_last) and not k.is_contiguous() for k in kernels)
     grids = sorted(p.name for p in tmp_path.glob("runs/lightning_logs/version_0/images/*.png"))
     assert grids and len(grids) == len({name.split("_epoch")[0] for name in grids})  # one file per grid, not per rank
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import CSV_LOGGER, TINY_VIT
 
-from lightning_modules.optim import decay_groups, fused_adam
+from lightning_modules.optim import decay_groups, fused_adam, keep_state_in_parameter_layout
 from networks.vit import VisionTransformer
 
 
@@ -67,3 +67,36 @@ def test_checkpoints_resume_across_the_fused_flag(run_cli, tmp_path):
     resumed = run_cli("fit", *run, "--trainer.max_steps=4", f"--ckpt_path={tmp_path / 'before_fused.ckpt'}")
     assert resumed.trainer.global_step == 4
     assert resumed.trainer.optimizers[0].param_groups[0]["fused"] is None  # restored as saved: torch's default step
+
+
+@pytest.mark.parametrize("saved, resumed", [("NCHW", "NHWC"), ("NHWC", "NCHW")])
+def test_fused_adam_resumed_in_the_other_memory_layout_steps_like_adam(saved, resumed):
+    """A checkpoint keeps its moments' strides; torch's fused CPU Adam reads parameter, gradient and moments as flat
+    arrays. Unless the loaded moments take the parameters' layout, the resumed step is off by ~0.1 at lr 0.1."""
+    layout = {"NCHW": torch.contiguous_format, "NHWC": torch.channels_last}
+
+    def resumed_step(fused: bool, to: str) -> tuple[torch.Tensor, torch.optim.Optimizer, torch.Tensor]:
+        torch.manual_seed(0)
+        source = torch.nn.Conv2d(8, 16, 3).to(memory_format=layout[saved])
+        optimizer = torch.optim.Adam(source.parameters(), lr=0.1, fused=fused)
+        for _ in range(3):
+            optimizer.zero_grad()
+            source(torch.randn(4, 8, 9, 9)).square().mean().backward()
+            optimizer.step()
+        state = optimizer.state_dict()
+        conv = torch.nn.Conv2d(8, 16, 3)
+        conv.load_state_dict(source.state_dict())
+        conv.to(memory_format=layout[to])
+        resumed_optimizer = keep_state_in_parameter_layout(torch.optim.Adam(conv.parameters(), lr=0.1, fused=fused))
+        resumed_optimizer.load_state_dict(state)
+        resumed_optimizer.zero_grad()
+        conv(torch.randn(4, 8, 9, 9, generator=torch.Generator().manual_seed(1))).square().mean().backward()
+        resumed_optimizer.step()
+        return conv.weight.detach(), resumed_optimizer, conv.weight
+
+    reference, _, _ = resumed_step(fused=False, to=saved)
+    weight, optimizer, param = resumed_step(fused=True, to=resumed)
+    moments = optimizer.state[param]
+    assert param.is_contiguous(memory_format=layout[resumed]) and not param.is_contiguous(memory_format=layout[saved])
+    assert all(moments[k].stride() == param.stride() for k in ("exp_avg", "exp_avg_sq"))
+    torch.testing.assert_close(weight, reference, rtol=0, atol=1e-6)

@@ -4,11 +4,10 @@ resolves to the faster precision for the hardware."""
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
 import yaml
-from conftest import CSV_LOGGER, SUBSET_OPT_IN, TINY_DDPM, TINY_VIT
+from conftest import CSV_LOGGER, SUBSET_OPT_IN, TINY_DDPM, TINY_VIT, LayoutWatch
 
 from lightning_modules import precision as resolver
 
@@ -18,29 +17,6 @@ FAMILIES = {
     "vae": ["--config", "configs/vae_cifar10.yaml", SUBSET_OPT_IN],
     "diffusion": ["--config", "configs/ddpm_mnist.yaml", *TINY_DDPM],
 }
-
-
-def memory_order(t: torch.Tensor) -> list[int]:
-    """The dimensions of size > 1, outermost in memory first (NCHW and channels_last differ; size-1 dims do not count)."""
-    return sorted((d for d in range(t.dim()) if t.shape[d] > 1), key=lambda d: -t.stride(d))
-
-
-class LayoutWatch(L.Callback):
-    """At each optimizer step, the parameters whose gradient or Adam moments are laid out otherwise in memory. torch's
-    fused CPU Adam reads all of them as flat arrays: a channels_last parameter with NCHW moments took a step up to 0.16
-    away from torch's default Adam's in a check at lr 0.1 (torch 2.14; CUDA's fused Adam raises instead)."""
-
-    def __init__(self) -> None:
-        self.steps, self.mismatched = 0, []
-
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        self.steps += 1
-        state = getattr(optimizer, "optimizer", optimizer).state
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                others = [p.grad] + [state.get(p, {}).get(k) for k in ("exp_avg", "exp_avg_sq")]
-                if any(t is not None and memory_order(t) != memory_order(p) for t in others):
-                    self.mismatched.append(tuple(p.shape))
 
 
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
