@@ -9,7 +9,8 @@ checkpoint.
 
 Off by default: it pays for some models and precisions and not others. ``benchmarks/channels_last.py`` on a 2-core
 AVX-512 CPU (fp32 / bf16-mixed / fp32 with the kernels capped at AVX2): DCGAN train steps 1.18x / 1.12x / 1.12x
-faster at 32 px and 1.19x / 1.07x / 1.12x at 64 px, so the DCGAN configs turn it on; the U-Net 1.13x / 0.89x / 1.03x
+faster on MNIST, 1.27x / 1.11x / 1.13x on CIFAR-10 and 1.19x / 1.07x / 1.12x on CelebA (64 px), so the DCGAN configs
+turn it on; the U-Net 1.13x / 0.89x / 1.03x
 (slower in bf16) and the conv VAE 1.09x / 1.00x / 1.03x, so theirs leave it off.
 
 A run resumed in the other layout gets its Adam moments back in its parameters' layout
