@@ -89,6 +89,9 @@ class GANModule(L.LightningModule):
             raise ValueError(f"model.grad_clip_norm={grad_clip_norm} must be positive (or null for no clipping).")
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise ValueError(f"model.ema_decay={ema_decay} must be in (0, 1) (or null for no EMA).")
+        if channels_last and architecture == "mlp":
+            raise ValueError("model.channels_last=true lays out convolutions, and the MLP GAN has none: set "
+                             "model.init_args.channels_last: false, or architecture: dcgan.")
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.image_shape = tuple(image_shape)

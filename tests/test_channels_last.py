@@ -56,6 +56,14 @@ def test_channels_last_lays_out_every_conv_weight_in_nhwc_and_computes_the_same(
     assert any(out.dim() == 4 and not out.is_contiguous() for out in outputs)  # the layout carries to the output
 
 
+@pytest.mark.parametrize("model", [lambda: VAEModule((1, 28, 28), channels_last=True),
+                                   lambda: GANModule((1, 28, 28), architecture="mlp", channels_last=True)],
+                         ids=["vae_mlp", "gan_mlp"])
+def test_channels_last_on_a_model_without_convolutions_is_refused(model):
+    with pytest.raises(ValueError, match=r"has none: set model.init_args.channels_last: false, or architecture: "):
+        model()
+
+
 TINY_GAN = ["--config", "configs/dcgan_mnist.yaml", "--model.feature_maps=8", "--data.batch_size=8",
             "--data.num_workers=0", "--trainer.limit_val_batches=0", "--trainer.enable_model_summary=false",
             *CSV_LOGGER]
