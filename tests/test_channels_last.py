@@ -43,7 +43,7 @@ def test_channels_last_lays_out_every_conv_weight_in_nhwc_and_computes_the_same(
     assert any(name.startswith("ema.") for name in weights) or family == "vae"  # the EMA copies are converted too
     assert all(t.is_contiguous(memory_format=NHWC) for t in weights.values())
     assert not all(t.is_contiguous() for t in weights.values())  # NHWC differs from NCHW for these shapes
-    assert all(t.is_contiguous() for t in four_d(nchw).values())  # off by default
+    assert all(t.is_contiguous() for t in four_d(nchw).values())  # channels_last: false leaves NCHW
     assert list(nhwc.state_dict()) == list(nchw.state_dict())
     nchw.load_state_dict(nhwc.state_dict())  # strict, both ways, same values
     assert all(torch.equal(a, b) for a, b in zip(nchw.state_dict().values(), nhwc.state_dict().values()))
