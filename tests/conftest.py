@@ -144,6 +144,10 @@ def data_dir() -> Path:
 CSV_LOGGER = ["--trainer.logger=CSVLogger", "--trainer.logger.init_args.save_dir=runs"]
 
 TINY_VIT = ["--model.embed_dim=32", "--model.depth=1", "--model.num_heads=2"]
+# A CPU-sized DCGAN run on MNIST: 8 feature maps, batches of 8, no validation (two GAN steps per batch).
+TINY_GAN = ["--config", "configs/dcgan_mnist.yaml", "--model.feature_maps=8", "--data.batch_size=8",
+            "--data.num_workers=0", "--trainer.limit_val_batches=0", "--trainer.enable_model_summary=false",
+            *CSV_LOGGER]
 # A CPU-sized DDPM U-Net (width 16, 8 norm groups): the DDPM configs' networks are GPU-sized or slow on a CPU.
 TINY_UNET = ["--model.init_args.model_channels=16", "--model.init_args.norm_groups=8"]
 # ... sampling in 2 steps, so validation grids and predict take seconds.

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import CSV_LOGGER, LayoutWatch
+from conftest import TINY_GAN, LayoutWatch
 
 from lightning_modules import DiffusionModule, GANModule, VAEModule
 
@@ -62,11 +62,6 @@ def test_channels_last_lays_out_every_conv_weight_in_nhwc_and_computes_the_same(
 def test_channels_last_on_a_model_without_convolutions_is_refused(model):
     with pytest.raises(ValueError, match=r"has none: set model.init_args.channels_last: false, or architecture: "):
         model()
-
-
-TINY_GAN = ["--config", "configs/dcgan_mnist.yaml", "--model.feature_maps=8", "--data.batch_size=8",
-            "--data.num_workers=0", "--trainer.limit_val_batches=0", "--trainer.enable_model_summary=false",
-            *CSV_LOGGER]
 
 
 @pytest.mark.parametrize("first, then", [(False, True), (True, False)])

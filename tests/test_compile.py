@@ -9,14 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CSV_LOGGER, TINY_VIT
+from conftest import CSV_LOGGER, TINY_GAN, TINY_VIT
 
 from compat import is_compiled
 from lightning_modules import DiffusionModule, GANModule, VAEModule, ViTClassifier, compiling
 
-TINY_GAN = ["--config", "configs/dcgan_mnist.yaml", "--model.feature_maps=8", "--data.batch_size=8",
-            "--data.num_workers=0", "--trainer.limit_val_batches=0", "--trainer.enable_model_summary=false",
-            *CSV_LOGGER]
 FAMILIES = {  # tiny models, and the networks each compiles
     "vit": (lambda c: ViTClassifier((1, 28, 28), 10, patch_size=7, embed_dim=32, depth=1, num_heads=2, compile=c),
             ["net"]),
