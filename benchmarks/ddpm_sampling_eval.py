@@ -82,7 +82,7 @@ def draw(module, name: str, noise: torch.Tensor, folder: Path, source: str, bf16
 
     Each batch is saved as it is drawn (``folder/<first index>.pt``, with its seconds and the checkpoint it came from)
     and a rerun loads the saved batches instead of drawing them again, so a long sampler (10,000 DDPM-1000 samples
-    take about 7 hours on a 2-core CPU) can be drawn over several runs. A batch depends only on the checkpoint and its
+    take 3-4 hours on a 2-core CPU) can be drawn over several runs. A batch depends only on the checkpoint and its
     index (its initial noise is ``noise``'s slice, its generator is seeded from the index), so a resumed run draws the
     same images an uninterrupted one would.
     """
