@@ -34,6 +34,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import lightning_modules  # noqa: F401  (registers the model classes for --model ShortName)
 from compat import CLIHooks, ParserBeforeValidation
+from lightning_modules.allocator import keep_freed_memory
 from lightning_modules.callbacks import (
     NonFiniteLossError,
     RNGStateCheckpoint,
@@ -616,6 +617,7 @@ def build_cli(args: ArgsType = None, run: bool = True) -> Module14CLI:
     """The CLI object, for scripts and tests: ``build_cli(["fit", "--config", ...])`` runs and returns it."""
     os.environ.setdefault("WANDB_MODE", "offline")  # no account or network needed; WANDB_MODE=online to sync
     filter_known_noise()
+    keep_freed_memory()  # before the precision timing: CPU steps run as the whole run will
     return Module14CLI(
         model_class=L.LightningModule,
         datamodule_class=ImageDataModule,
