@@ -445,13 +445,13 @@ def sampler_section(table: dict) -> list[str]:
                                            if "ddpm1000" in missing else ""), ""]
     lines += _solver_target(table)
     if table["num_fid"] < FID_SAMPLES:
-        hours = (f": at the DDPM-1000 time above, its 10,000 samples (10 million U-Net evaluations) take "
-                 f"{table['ddpm1000_seconds_64'] * FID_SAMPLES / 64 / 3600:.1f} hours on this hardware"
-                 if "ddpm1000" in table else "")
-        lines += [f"{table['num_fid']} samples per sampler, not the issue's 10,000; the 10,000-sample table is drawn "
-                  f"separately, with `--sampler-table {FID_SAMPLES}`, over several sittings{hours}. FID from so few "
-                  "samples is biased upwards and noisy; compare samplers only with each other and with the floor at "
-                  "the same count.", ""]
+        hours = (f": at the DDPM-1000 time above, its {FID_SAMPLES:,} samples ({FID_SAMPLES * 1000:,} U-Net "
+                 f"evaluations of one image) take {table['ddpm1000_seconds_64'] * FID_SAMPLES / 64 / 3600:.1f} hours "
+                 "on this hardware" if "ddpm1000" in table else "")
+        lines += [f"{table['num_fid']} samples per sampler, not the issue's {FID_SAMPLES:,}; the {FID_SAMPLES:,}-sample "
+                  f"table is drawn separately, with `--sampler-table {FID_SAMPLES}`, over several sittings{hours}. "
+                  "FID from so few samples is biased upwards and noisy; compare samplers only with each other and "
+                  "with the floor at the same count.", ""]
     return lines
 
 

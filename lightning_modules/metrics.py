@@ -169,6 +169,7 @@ class SampleQuality(nn.Module):
         inception_weights: local path of the FID Inception weights; unset, torch hub's cached copy (downloaded once).
         classifier_checkpoint: a ViTClassifier checkpoint trained on the same dataset.
         kid_subset_size: KID subset size (lowered to the sample count if fewer are available).
+        seed: seed of KID's random subsets, so the same images always give the same KID (the global RNG is untouched).
 
     ``update(images, real)`` takes images in [0, 1]; ``compute()`` returns ``{"fid_<features>", "kid_<features>",
     "kid_std_<features>"}``.
@@ -180,6 +181,7 @@ class SampleQuality(nn.Module):
         inception_weights: str | None = None,
         classifier_checkpoint: str | None = None,
         kid_subset_size: int = 100,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         if features == "auto":
@@ -196,7 +198,7 @@ class SampleQuality(nn.Module):
                 "features: inception (the standard FID network). Or turn the metrics off."
             )
         self.name = self.extractor.name
-        self.kid_subset_size = kid_subset_size
+        self.kid_subset_size, self.seed = kid_subset_size, seed
         self.fid = FrechetInceptionDistance(feature=_Precomputed(self.extractor.num_features))
         self.kid = KernelInceptionDistance(feature=_Precomputed(self.extractor.num_features), subset_size=kid_subset_size)
 
@@ -209,7 +211,9 @@ class SampleQuality(nn.Module):
     def compute(self) -> dict[str, Tensor]:
         n = min(int(self.fid.real_features_num_samples), int(self.fid.fake_features_num_samples))
         self.kid.subset_size = max(2, min(self.kid_subset_size, n))
-        kid_mean, kid_std = self.kid.compute()
+        with torch.random.fork_rng(devices=[]):  # torchmetrics draws the subsets with torch.randperm on the CPU
+            torch.manual_seed(self.seed)
+            kid_mean, kid_std = self.kid.compute()
         return {f"fid_{self.name}": self.fid.compute(), f"kid_{self.name}": kid_mean, f"kid_std_{self.name}": kid_std}
 
     def reset(self) -> None:
@@ -229,7 +233,8 @@ class SampleQualityMonitor(Callback):
             validation/test batches; torchmetrics gathers the statistics).
         every_n_epochs: evaluate at every n-th validation epoch.
         features, inception_weights, classifier_checkpoint, kid_subset_size: see ``SampleQuality``.
-        seed: seed of the generated images' noise (with the rank): the same noise at every evaluation.
+        seed: seed of the generated images' noise (with the rank) and of KID's subsets: the same noise and subsets at
+            every evaluation.
     """
 
     def __init__(
@@ -250,7 +255,7 @@ class SampleQualityMonitor(Callback):
             )
         self.num_samples, self.every_n_epochs, self.seed = num_samples, every_n_epochs, seed
         self._settings = dict(features=features, inception_weights=inception_weights,
-                              classifier_checkpoint=classifier_checkpoint, kid_subset_size=kid_subset_size)
+                              classifier_checkpoint=classifier_checkpoint, kid_subset_size=kid_subset_size, seed=seed)
         self.metric: SampleQuality | None = None  # built in setup: loading the feature network can fail clearly there
         self.seen = 0  # real images this rank fed to the metric in this evaluation
         self._active = False

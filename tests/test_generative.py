@@ -75,6 +75,27 @@ def test_fid_kid_callback_logs_for_every_family_and_stays_out_of_checkpoints(tmp
     assert not any(key.startswith("SampleQualityMonitor") for key in saved.get("callbacks", {}))
 
 
+def test_kid_subsets_are_seeded_so_the_same_images_give_the_same_kid_and_the_global_rng_is_untouched(tmp_path):
+    from lightning_modules.metrics import SampleQuality
+
+    vit = tiny_vit_checkpoint(tmp_path / "vit.ckpt", channels=1, size=16)
+    real, fake = torch.rand(2, 40, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+
+    def kid(seed: int, global_seed: int) -> tuple[float, float]:
+        quality = SampleQuality(classifier_checkpoint=str(vit), kid_subset_size=10, seed=seed)
+        quality.update(real, real=True)
+        quality.update(fake, real=False)
+        torch.manual_seed(global_seed)
+        values = quality.compute()
+        after = torch.rand(3)
+        torch.manual_seed(global_seed)
+        assert torch.equal(after, torch.rand(3))  # compute() left the global RNG where it was
+        return float(values["kid_vit"]), float(values["kid_std_vit"])
+
+    assert kid(seed=0, global_seed=1) == kid(seed=0, global_seed=2)  # unseeded subsets follow the global RNG
+    assert kid(seed=0, global_seed=1) != kid(seed=1, global_seed=1)
+
+
 def test_fid_kid_callback_needs_a_generative_model():
     from lightning_modules.classifier import ViTClassifier
 

@@ -106,7 +106,7 @@ def test_sampler_table_states_the_solver_goal_from_its_own_figures(results, tmp_
     assert "`python benchmarks/results.py --sampler-table 10000` (2026-01-01, commit abc1234)" in text
     assert "dpm_solver10: FID 1.09x DDIM-50's, 5.0x as fast (met)" in text
     assert text.count("not the issue's 10,000") == 1
-    assert "its 10,000 samples (10 million U-Net evaluations) take 2.0 hours on this hardware" in text  # 46.08 s/64
+    assert "its 10,000 samples (10,000,000 U-Net evaluations of one image) take 2.0 hours on this hardware" in text  # 46.08 s/64
     assert "| dpm_solver20 | 10.50 | 0.1000 | 2 | – | 2.5 |" in text
     assert "dpm_solver20: FID 1.05x DDIM-50's, 2.5x as fast (met)" in text
     assert "dpm_solver10: FID 1.20x DDIM-50's, 5.0x as fast (not met)" in text
