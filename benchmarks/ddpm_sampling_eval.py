@@ -10,10 +10,11 @@ weights, the same initial noise, and bf16 autocast where it is native (CUDA, or 
 fp32 elsewhere, where bf16 is emulated and ~20x slower). They draw in batches of 64 on a CPU and of 1000 on a GPU
 (``BATCH``: 64 images leave a GPU idle between kernel launches); the time per 64 images is each batch's time scaled to
 64 images, median over the batches. The first 64 images of each sampler are saved as a grid.
-FID/KID (``SampleQuality``, classifier features) compare ``--num-fid`` samples of each sampler with as many MNIST test
-images; the same metrics between two disjoint sets of real images give the floor at that sample count. The samples
-are saved batch by batch under ``<out>/batches/<sampler>/`` (see ``draw``): the same command run again, e.g. once a
-classifier exists, reuses them.
+FID/KID (``SampleQuality``, classifier features; KID on 100 seeded subsets, ``kid_subset_size``) compare
+``--num-fid`` samples of each sampler with as many MNIST test images; the same metrics between two disjoint sets of
+real images give the floor at that sample count. The samples are saved batch by batch under
+``<out>/batches/<sampler>/`` (see ``draw``): the same command run again, e.g. once a classifier exists, reuses them
+(and their times), and lists those samplers under ``reused``.
 """
 
 from __future__ import annotations
@@ -62,9 +63,14 @@ def real_images(n: int, train: bool) -> torch.Tensor:
     return next(iter(DataLoader(data.train_set if train else data.test_set, batch_size=n)))[0][:n]
 
 
+def kid_subset_size(n: int) -> int:
+    """KID's subset size for n samples: 1000 (Bińkowski et al.'s), or n / 2 for fewer than 2000 (subsets that differ)."""
+    return min(1000, n // 2)
+
+
 def quality(classifier: str, n: int, real: torch.Tensor, fake: torch.Tensor, device: str) -> dict[str, float]:
     metric = SampleQuality(features="classifier", classifier_checkpoint=classifier,
-                           kid_subset_size=min(100, n // 2)).to(device)
+                           kid_subset_size=kid_subset_size(n)).to(device)
     for i in range(0, n, 256):
         metric.update(real[i:i + 256].to(device), real=True)
         metric.update(fake[i:i + 256].to(device), real=False)
@@ -75,6 +81,17 @@ def checkpoint_identity(ckpt: Path) -> str:
     """The checkpoint file a batch was drawn from (its resolved path, size and modification time)."""
     stat = ckpt.resolve().stat()
     return f"{ckpt.resolve()} ({stat.st_size} bytes, mtime {stat.st_mtime_ns})"
+
+
+def batch_file(folder: Path, start: int) -> Path:
+    """Where ``draw`` saves the batch whose first sample is ``start``."""
+    return folder / f"{start:05d}.pt"
+
+
+def saved_samplers(folder: Path, samplers: list[str], num_samples: int, batch: int) -> list[str]:
+    """The samplers whose every batch an earlier run saved under ``folder``: ``draw`` draws none of them again."""
+    return [name for name in samplers
+            if all(batch_file(folder / name, start).is_file() for start in range(0, num_samples, batch))]
 
 
 def draw(module, name: str, noise: torch.Tensor, folder: Path, source: str, bf16: bool, batch: int = 64):
@@ -91,7 +108,7 @@ def draw(module, name: str, noise: torch.Tensor, folder: Path, source: str, bf16
     folder.mkdir(parents=True, exist_ok=True)
     chunks, seconds = [], []
     for start in range(0, len(noise), batch):
-        path = folder / f"{start:05d}.pt"
+        path = batch_file(folder, start)
         if path.is_file():
             saved = torch.load(path)
             if saved["checkpoint"] != source:
@@ -136,6 +153,7 @@ def evaluate(ckpt: Path, args) -> dict:
     results: dict = {"checkpoint": str(ckpt), "num_fid": args.num_fid, "threads": torch.get_num_threads(),
                      "device": device, "autocast_bf16": bf16, "batch": BATCH[device]}
     source = checkpoint_identity(ckpt)
+    results["reused"] = saved_samplers(out / "batches", args.samplers, args.num_fid, BATCH[device])
     samples = {}
     for name in args.samplers:
         samples[name], seconds = draw(module, name, noise, out / "batches" / name, source, bf16, BATCH[device])
@@ -152,6 +170,7 @@ def add_quality(results: dict, samples: dict[str, torch.Tensor], args) -> None:
         test = real_images(args.num_fid, train=False)
         for name, fake in samples.items():
             results[name] = quality(args.classifier, args.num_fid, test, fake, results["device"])
+        results["kid_subset_size"] = kid_subset_size(args.num_fid)
         results["real_train_vs_test"] = quality(args.classifier, args.num_fid, test, real_images(args.num_fid, True),
                                                 results["device"])
     else:

@@ -264,6 +264,7 @@ def sampler_table(checkpoint: str, num_samples: int, samplers: list[str], comman
     out = RUNS / "ddpm_mnist" / f"samplers_{num_samples}"
     args = SimpleNamespace(out=str(out), num_fid=num_samples, samplers=samplers, classifier=str(MNIST_CLASSIFIER))
     measured = evaluate(ROOT / checkpoint, args)
+    run["reused"] = measured.pop("reused")  # samplers whose samples (and times) an earlier run drew
     return {**measured, "checkpoint": checkpoint, "features": feature_network(), "hardware": hardware(),
             "runs": [run]}  # the checkpoint's path as in the row
 
@@ -277,14 +278,17 @@ def sampler_tables(ddpm: dict) -> list[dict]:
 def merge_sampler_table(tables: list[dict], table: dict) -> list[dict]:
     """The row's tables with a newly measured one: it joins the table with the same number of samples on the same
     features and hardware (its samplers' figures replace theirs, the speed-ups are recomputed, both commands are
-    kept), or else replaces it."""
+    kept, and the KID subset size is stated only if every KID used it), or else replaces it."""
     from benchmarks.ddpm_sampling_eval import speedups
 
     old = next((t for t in tables if t["num_fid"] == table["num_fid"]), None)
     same = ("features", "hardware", "batch")
     if old is not None and all(old.get(key) == table.get(key) for key in same):
-        table = {**old, **table, "runs": old["runs"] + table["runs"]}
-        table.update(speedups(table))
+        kept = [name for name in SAMPLERS if name in old and name not in table]  # figures the new run leaves as they were
+        joined = {**old, **table, "runs": old["runs"] + table["runs"]}
+        if kept and old.get("kid_subset_size") != table.get("kid_subset_size"):
+            joined.pop("kid_subset_size", None)  # KIDs on different subset sizes: the table states none
+        table = {**joined, **speedups(joined)}
     return [t for t in tables if t is not old] + [table]
 
 
@@ -421,10 +425,12 @@ def table_row(name: str, record: dict | None) -> str:
 
 
 def sampler_section(table: dict) -> list[str]:
+    kid = f"; KID on 100 subsets of {table['kid_subset_size']:,} samples" if "kid_subset_size" in table else ""
     lines = [f"### `ddpm_mnist` samplers ({table['num_fid']:,} samples each, EMA weights, same initial noise)", "",
-             "; ".join(f"`{run['command']}` ({run['date']}, commit {run['commit']})" for run in table["runs"])
+             "; ".join(f"`{run['command']}` ({run['date']}, commit {run['commit']}{_reused(run)})"
+                       for run in table["runs"])
              + ", on the ddpm_mnist row's checkpoint. "
-             f"FID and KID on the features of {table['features']}. "
+             f"FID and KID on the features of {table['features']}{kid}. "
              f"Sampled on {table['hardware']}, {table['batch']} images at a time; "
              "s / 64 images is a batch's time scaled to 64 images, median over the batches.", "",
              "| sampler | FID (MNIST ViT) | KID | s / 64 images | speed-up vs DDPM-1000 | speed-up vs DDIM-50 (η = 0) |",
@@ -453,6 +459,15 @@ def sampler_section(table: dict) -> list[str]:
                   "FID from so few samples is biased upwards and noisy; compare samplers only with each other and "
                   "with the floor at the same count.", ""]
     return lines
+
+
+def _reused(run: dict) -> str:
+    """What a sampler-table run took from the saved samples of the runs before it (their images and times)."""
+    reused = run.get("reused", [])
+    if not reused:
+        return ""
+    which = "every sampler's" if reused == run["samplers"] else ", ".join(reused) + "'s"
+    return f"; FID/KID of {which} samples saved by the runs before, with their times"
 
 
 def _solver_target(table: dict) -> list[str]:

@@ -176,6 +176,15 @@ def test_a_sampler_table_joins_the_earlier_one_with_the_same_count_and_features(
     assert "`first` (2026-01-01, commit abc1234); `second` (2026-01-02, commit abc1234), on the ddpm_mnist" in text
     assert "| ddpm1000 | 5.00 | 0.2000 | 160 | – | 0.05 |" in text
     # on another feature network the FIDs are not comparable, on other hardware the times: the new table replaces
+    assert "kid_subset_size" not in joined and "; KID on 100 subsets" not in text
+    # a KID subset size is stated only when every KID of the table used it
+    on_1000 = {**sampler_figures({"ddim50_eta0": 8.0}), "kid_subset_size": 1000, "runs": [run("on 1000")]}
+    assert "kid_subset_size" not in results.merge_sampler_table([first], on_1000)[0]  # dpm_solver10's KID is older
+    everything = {**sampler_figures({"ddim50_eta0": 8.0, "dpm_solver10": 1.6}), "kid_subset_size": 1000,
+                  "runs": [run("all again")]}
+    (again,) = results.merge_sampler_table([first], everything)
+    assert again["kid_subset_size"] == 1000 and [r["command"] for r in again["runs"]] == ["first", "all again"]
+    assert "ViT A; KID on 100 subsets of 1,000 samples. Sampled on" in "\n".join(results.sampler_section(again))
     other = {**sampler_figures({"ddpm1000": 160.0}, features="ViT B"), "runs": [run("third")]}
     assert results.merge_sampler_table([first], other) == [other]
     on_gpu = {**sampler_figures({"ddpm1000": 0.5}), "hardware": "GPU: NVIDIA H200", "batch": 1000, "runs": [run("4")]}
@@ -216,6 +225,25 @@ def test_a_stopped_sampler_run_resumes_from_its_saved_batches(tmp_path):
         draw(module, "ddim10_eta0", noise, tmp_path / "ddim10_eta0", "ckpt B", bf16=False)
     with pytest.raises(SystemExit, match="was drawn in batches of 64, not 100: delete"):
         draw(module, "ddim10_eta0", noise, tmp_path / "ddim10_eta0", "ckpt A", bf16=False, batch=100)
+
+
+def test_samplers_whose_every_batch_is_saved_are_named_as_reused_in_the_table(results, tmp_path):
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.ddpm_sampling_eval import draw, saved_samplers
+
+    noise = torch.zeros(150, 1, 4, 4)
+    for name in ("ddim10_eta0", "dpm_solver10"):
+        draw(CountingDiffusion(), name, noise, tmp_path / name, "ckpt A", bf16=False)
+    (tmp_path / "dpm_solver10" / "00128.pt").unlink()  # its last batch is still to be drawn
+    assert saved_samplers(tmp_path, ["ddim10_eta0", "dpm_solver10", "ddpm1000"], 150, 64) == ["ddim10_eta0"]
+
+    table = {**sampler_figures({"ddim10_eta0": 1.0, "dpm_solver10": 1.0}),
+             "runs": [run("drew"), {**run("again"), "samplers": ["ddim10_eta0"], "reused": ["ddim10_eta0"]},
+                      {**run("both"), "samplers": ["ddim10_eta0", "dpm_solver10"], "reused": ["ddim10_eta0"]}]}
+    text = "\n".join(results.sampler_section(table))
+    assert ("`drew` (2026-01-01, commit abc1234); `again` (2026-01-01, commit abc1234; FID/KID of every sampler's "
+            "samples saved by the runs before, with their times); `both` (2026-01-01, commit abc1234; FID/KID of "
+            "ddim10_eta0's samples saved by the runs before, with their times), on the") in text
 
 
 def test_sampler_times_are_per_64_images_whatever_the_batch(tmp_path):
