@@ -64,7 +64,7 @@ def real_images(n: int, train: bool) -> torch.Tensor:
 
 
 def kid_subset_size(n: int) -> int:
-    """KID's subset size for n samples: 1000 (Bińkowski et al.'s), or n / 2 for fewer than 2000 (subsets that differ)."""
+    """KID's subset size for n samples: Bińkowski et al.'s 1000, or n / 2 below 2000 (so the subsets differ)."""
     return min(1000, n // 2)
 
 
@@ -83,20 +83,9 @@ def checkpoint_identity(ckpt: Path) -> str:
     return f"{ckpt.resolve()} ({stat.st_size} bytes, mtime {stat.st_mtime_ns})"
 
 
-def batch_file(folder: Path, start: int) -> Path:
-    """Where ``draw`` saves the batch whose first sample is ``start``."""
-    return folder / f"{start:05d}.pt"
-
-
-def saved_samplers(folder: Path, samplers: list[str], num_samples: int, batch: int) -> list[str]:
-    """The samplers whose every batch an earlier run saved under ``folder``: ``draw`` draws none of them again."""
-    return [name for name in samplers
-            if all(batch_file(folder / name, start).is_file() for start in range(0, num_samples, batch))]
-
-
 def draw(module, name: str, noise: torch.Tensor, folder: Path, source: str, bf16: bool, batch: int = 64):
     """Every sample of ``noise`` with sampler ``name``, ``batch`` at a time -> (images in [0, 1], seconds per 64
-    images of each batch).
+    images of each batch, the number of batches this call drew).
 
     Each batch is saved as it is drawn (``folder/<first index>.pt``, with its seconds and the checkpoint it came from)
     and a rerun loads the saved batches instead of drawing them again, so a long sampler (10,000 DDPM-1000 samples
@@ -106,9 +95,9 @@ def draw(module, name: str, noise: torch.Tensor, folder: Path, source: str, bf16
     """
     device, shape = noise.device.type, tuple(noise.shape[1:])
     folder.mkdir(parents=True, exist_ok=True)
-    chunks, seconds = [], []
+    chunks, seconds, drawn = [], [], 0
     for start in range(0, len(noise), batch):
-        path = batch_file(folder, start)
+        path = folder / f"{start:05d}.pt"
         if path.is_file():
             saved = torch.load(path)
             if saved["checkpoint"] != source:
@@ -128,9 +117,10 @@ def draw(module, name: str, noise: torch.Tensor, folder: Path, source: str, bf16
             torch.save(saved, path.with_suffix(".tmp"))
             path.with_suffix(".tmp").replace(path)  # a run stopped mid-save leaves no half-written batch
             print(f"{name}: images {start}-{start + len(x)} in {saved['seconds']:.1f}s", flush=True)
+            drawn += 1
         chunks.append(saved["images"])
         seconds.append(saved["seconds"] * 64 / len(saved["images"]))
-    return torch.cat(chunks), seconds
+    return torch.cat(chunks), seconds, drawn
 
 
 def speedups(results: dict) -> dict[str, float]:
@@ -153,10 +143,12 @@ def evaluate(ckpt: Path, args) -> dict:
     results: dict = {"checkpoint": str(ckpt), "num_fid": args.num_fid, "threads": torch.get_num_threads(),
                      "device": device, "autocast_bf16": bf16, "batch": BATCH[device]}
     source = checkpoint_identity(ckpt)
-    results["reused"] = saved_samplers(out / "batches", args.samplers, args.num_fid, BATCH[device])
+    results["reused"] = []  # samplers whose every batch an earlier run saved: only their FID/KID are new
     samples = {}
     for name in args.samplers:
-        samples[name], seconds = draw(module, name, noise, out / "batches" / name, source, bf16, BATCH[device])
+        samples[name], seconds, drawn = draw(module, name, noise, out / "batches" / name, source, bf16, BATCH[device])
+        if not drawn:
+            results["reused"].append(name)
         results[f"{name}_seconds_64"] = float(f"{statistics.median(seconds):.4g}")  # per 64 images, median of batches
         save_png(image_grid(samples[name][:64]), out / f"grid_{name}.png")
     results.update(speedups(results))

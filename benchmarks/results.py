@@ -284,7 +284,7 @@ def merge_sampler_table(tables: list[dict], table: dict) -> list[dict]:
     old = next((t for t in tables if t["num_fid"] == table["num_fid"]), None)
     same = ("features", "hardware", "batch")
     if old is not None and all(old.get(key) == table.get(key) for key in same):
-        kept = [name for name in SAMPLERS if name in old and name not in table]  # figures the new run leaves as they were
+        kept = [name for name in SAMPLERS if name in old and name not in table]  # figures the new run leaves as is
         joined = {**old, **table, "runs": old["runs"] + table["runs"]}
         if kept and old.get("kid_subset_size") != table.get("kid_subset_size"):
             joined.pop("kid_subset_size", None)  # KIDs on different subset sizes: the table states none
@@ -454,8 +454,8 @@ def sampler_section(table: dict) -> list[str]:
         hours = (f": at the DDPM-1000 time above, its {FID_SAMPLES:,} samples ({FID_SAMPLES * 1000:,} U-Net "
                  f"evaluations of one image) take {table['ddpm1000_seconds_64'] * FID_SAMPLES / 64 / 3600:.1f} hours "
                  "on this hardware" if "ddpm1000" in table else "")
-        lines += [f"{table['num_fid']} samples per sampler, not the issue's {FID_SAMPLES:,}; the {FID_SAMPLES:,}-sample "
-                  f"table is drawn separately, with `--sampler-table {FID_SAMPLES}`, over several sittings{hours}. "
+        lines += [f"{table['num_fid']} samples per sampler, not the issue's {FID_SAMPLES:,}; the "
+                  f"{FID_SAMPLES:,}-sample table is drawn separately, with `--sampler-table {FID_SAMPLES}`, over several sittings{hours}. "
                   "FID from so few samples is biased upwards and noisy; compare samplers only with each other and "
                   "with the floor at the same count.", ""]
     return lines

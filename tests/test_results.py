@@ -106,7 +106,8 @@ def test_sampler_table_states_the_solver_goal_from_its_own_figures(results, tmp_
     assert "`python benchmarks/results.py --sampler-table 10000` (2026-01-01, commit abc1234)" in text
     assert "dpm_solver10: FID 1.09x DDIM-50's, 5.0x as fast (met)" in text
     assert text.count("not the issue's 10,000") == 1
-    assert "its 10,000 samples (10,000,000 U-Net evaluations of one image) take 2.0 hours on this hardware" in text  # 46.08 s/64
+    # 46.08 s / 64 images:
+    assert "its 10,000 samples (10,000,000 U-Net evaluations of one image) take 2.0 hours on this hardware" in text
     assert "| dpm_solver20 | 10.50 | 0.1000 | 2 | – | 2.5 |" in text
     assert "dpm_solver20: FID 1.05x DDIM-50's, 2.5x as fast (met)" in text
     assert "dpm_solver10: FID 1.20x DDIM-50's, 5.0x as fast (not met)" in text
@@ -214,11 +215,11 @@ def test_a_stopped_sampler_run_resumes_from_its_saved_batches(tmp_path):
     noise = torch.rand(150, 1, 4, 4) * 2 - 1
     (tmp_path / "ddim10_eta0").mkdir()
     module = CountingDiffusion()
-    images, seconds = draw(module, "ddim10_eta0", noise, tmp_path / "ddim10_eta0", "ckpt A", bf16=False)
+    images, seconds, _ = draw(module, "ddim10_eta0", noise, tmp_path / "ddim10_eta0", "ckpt A", bf16=False)
     assert module.calls == 3 and len(seconds) == 3  # batches of 64, 64 and 22
     assert torch.allclose(images, (noise + 1) / 2)
     (tmp_path / "ddim10_eta0" / "00064.pt").unlink()  # as if the run had been stopped before its second batch
-    again, seconds_again = draw(module, "ddim10_eta0", noise, tmp_path / "ddim10_eta0", "ckpt A", bf16=False)
+    again, seconds_again, _ = draw(module, "ddim10_eta0", noise, tmp_path / "ddim10_eta0", "ckpt A", bf16=False)
     assert module.calls == 4  # only the missing batch was drawn again
     assert torch.equal(again, images) and seconds_again[0] == seconds[0] and seconds_again[2] == seconds[2]
     with pytest.raises(SystemExit, match="was drawn from ckpt A, not from ckpt B: delete"):
@@ -229,13 +230,15 @@ def test_a_stopped_sampler_run_resumes_from_its_saved_batches(tmp_path):
 
 def test_samplers_whose_every_batch_is_saved_are_named_as_reused_in_the_table(results, tmp_path):
     sys.path.insert(0, str(ROOT))
-    from benchmarks.ddpm_sampling_eval import draw, saved_samplers
+    from benchmarks.ddpm_sampling_eval import draw
 
     noise = torch.zeros(150, 1, 4, 4)
     for name in ("ddim10_eta0", "dpm_solver10"):
         draw(CountingDiffusion(), name, noise, tmp_path / name, "ckpt A", bf16=False)
     (tmp_path / "dpm_solver10" / "00128.pt").unlink()  # its last batch is still to be drawn
-    assert saved_samplers(tmp_path, ["ddim10_eta0", "dpm_solver10", "ddpm1000"], 150, 64) == ["ddim10_eta0"]
+    drawn = {name: draw(CountingDiffusion(), name, noise, tmp_path / name, "ckpt A", bf16=False)[2]
+             for name in ("ddim10_eta0", "dpm_solver10", "ddpm1000")}
+    assert drawn == {"ddim10_eta0": 0, "dpm_solver10": 1, "ddpm1000": 3}  # evaluate lists the samplers with 0: reused
 
     table = {**sampler_figures({"ddim10_eta0": 1.0, "dpm_solver10": 1.0}),
              "runs": [run("drew"), {**run("again"), "samplers": ["ddim10_eta0"], "reused": ["ddim10_eta0"]},
@@ -256,7 +259,7 @@ def test_sampler_times_are_per_64_images_whatever_the_batch(tmp_path):
         saved = torch.load(tmp_path / name)
         assert len(saved["images"]) == size and saved["batch"] == 128
         torch.save({**saved, "seconds": 2.0}, tmp_path / name)
-    images, seconds = draw(CountingDiffusion(), "ddim10_eta0", noise, tmp_path, "ckpt A", bf16=False, batch=128)
+    images, seconds, _ = draw(CountingDiffusion(), "ddim10_eta0", noise, tmp_path, "ckpt A", bf16=False, batch=128)
     assert len(images) == 150 and seconds == pytest.approx([1.0, 2.0 * 64 / 22])
 
 
