@@ -38,7 +38,7 @@ from datamodules import MNISTDataModule  # noqa: E402
 from lightning_modules.allocator import keep_freed_memory  # noqa: E402
 from lightning_modules.diffusion import DiffusionModule  # noqa: E402
 from lightning_modules.images import image_grid, save_png, to_unit_range  # noqa: E402
-from lightning_modules.metrics import SampleQuality  # noqa: E402
+from lightning_modules.metrics import SampleQuality, kid_subset_size  # noqa: E402
 
 SAMPLERS = {"ddim50": dict(sampler="ddim", num_steps=50, eta=0.0), "ddpm1000": dict(sampler="ddpm", num_steps=None)}
 BATCH = {"cpu": 64, "cuda": 1000}  # images drawn at once, per device type
@@ -61,11 +61,6 @@ def real_images(n: int, train: bool) -> torch.Tensor:
     data = MNISTDataModule(image_size=32, normalization="zero_one", val_size=5000, batch_size=n, num_workers=0)
     data.setup("fit" if train else "test")
     return next(iter(DataLoader(data.train_set if train else data.test_set, batch_size=n)))[0][:n]
-
-
-def kid_subset_size(n: int) -> int:
-    """KID's subset size for n samples: Bińkowski et al.'s 1000, or n / 2 below 2000 (so the subsets differ)."""
-    return min(1000, n // 2)
 
 
 def quality(classifier: str, n: int, real: torch.Tensor, fake: torch.Tensor, device: str) -> dict[str, float]:

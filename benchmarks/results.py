@@ -239,11 +239,12 @@ def panel_grid(name: str, row: Row, test_cli) -> tuple[str, str]:
 def real_vs_real_floor(test_cli, num_samples: int) -> dict[str, float]:
     """FID/KID between training images and the test images on the same features: the floor at this sample count."""
     from lightning_modules.images import to_unit_range
-    from lightning_modules.metrics import SampleQuality
+    from lightning_modules.metrics import SampleQuality, kid_subset_size
 
     data = test_cli.datamodule
     data.setup("fit")
-    quality = SampleQuality(features="classifier", classifier_checkpoint=str(MNIST_CLASSIFIER), kid_subset_size=1000)
+    quality = SampleQuality(features="classifier", classifier_checkpoint=str(MNIST_CLASSIFIER),
+                            kid_subset_size=kid_subset_size(num_samples))
     seen = 0
     for (real, _), (train, _) in zip(data.test_dataloader(), data.train_dataloader()):
         take = min(len(real), len(train), num_samples - seen)
@@ -454,8 +455,8 @@ def sampler_section(table: dict) -> list[str]:
         hours = (f": at the DDPM-1000 time above, its {FID_SAMPLES:,} samples ({FID_SAMPLES * 1000:,} U-Net "
                  f"evaluations of one image) take {table['ddpm1000_seconds_64'] * FID_SAMPLES / 64 / 3600:.1f} hours "
                  "on this hardware" if "ddpm1000" in table else "")
-        lines += [f"{table['num_fid']} samples per sampler, not the issue's {FID_SAMPLES:,}; the "
-                  f"{FID_SAMPLES:,}-sample table is drawn separately, with `--sampler-table {FID_SAMPLES}`, over several sittings{hours}. "
+        lines += [f"{table['num_fid']} samples per sampler, not the issue's {FID_SAMPLES:,}; the {FID_SAMPLES:,}-sample "
+                  f"table is drawn separately, with `--sampler-table {FID_SAMPLES}`, over several sittings{hours}. "
                   "FID from so few samples is biased upwards and noisy; compare samplers only with each other and "
                   "with the floor at the same count.", ""]
     return lines

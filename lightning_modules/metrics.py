@@ -160,6 +160,11 @@ class _Precomputed(nn.Module):
         return features
 
 
+def kid_subset_size(n: int) -> int:
+    """KID's subset size for n samples: Bińkowski et al.'s 1000, or n / 2 below 2000 (so the subsets differ)."""
+    return min(1000, n // 2)
+
+
 class SampleQuality(nn.Module):
     """FID and KID between generated and real images, on Inception or the project's own classifier features.
 
