@@ -176,9 +176,8 @@ def test_a_sampler_table_joins_the_earlier_one_with_the_same_count_and_features(
     text = "\n".join(results.sampler_section(joined))
     assert "`first` (2026-01-01, commit abc1234); `second` (2026-01-02, commit abc1234), on the ddpm_mnist" in text
     assert "| ddpm1000 | 5.00 | 0.2000 | 160 | – | 0.05 |" in text
-    # on another feature network the FIDs are not comparable, on other hardware the times: the new table replaces
-    assert "kid_subset_size" not in joined and "; KID on 100 subsets" not in text
     # a KID subset size is stated only when every KID of the table used it
+    assert "kid_subset_size" not in joined and "; KID on 100 subsets" not in text
     on_1000 = {**sampler_figures({"ddim50_eta0": 8.0}), "kid_subset_size": 1000, "runs": [run("on 1000")]}
     assert "kid_subset_size" not in results.merge_sampler_table([first], on_1000)[0]  # dpm_solver10's KID is older
     everything = {**sampler_figures({"ddim50_eta0": 8.0, "dpm_solver10": 1.6}), "kid_subset_size": 1000,
@@ -186,6 +185,7 @@ def test_a_sampler_table_joins_the_earlier_one_with_the_same_count_and_features(
     (again,) = results.merge_sampler_table([first], everything)
     assert again["kid_subset_size"] == 1000 and [r["command"] for r in again["runs"]] == ["first", "all again"]
     assert "ViT A; KID on 100 subsets of 1,000 samples. Sampled on" in "\n".join(results.sampler_section(again))
+    # on another feature network the FIDs are not comparable, on other hardware the times: the new table replaces
     other = {**sampler_figures({"ddpm1000": 160.0}, features="ViT B"), "runs": [run("third")]}
     assert results.merge_sampler_table([first], other) == [other]
     on_gpu = {**sampler_figures({"ddpm1000": 0.5}), "hardware": "GPU: NVIDIA H200", "batch": 1000, "runs": [run("4")]}
