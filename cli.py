@@ -34,24 +34,22 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import lightning_modules  # noqa: F401  (registers the model classes for --model ShortName)
 from compat import CLIHooks, ParserBeforeValidation
-from lightning_modules.allocator import keep_freed_memory
-from lightning_modules.callbacks import (
-    NonFiniteLossError,
-    RNGStateCheckpoint,
-    StopOnNonFiniteLoss,
-    WarnOnScheduleChange,
-)
-from lightning_modules.checkpointing import SafeCheckpointIO, SaveOnSignal
-from lightning_modules.precision import (
+from training.allocator import keep_freed_memory
+from training.checkpointing import SafeCheckpointIO
+from training.optim import WarnOnScheduleChange
+from training.rng import RNGStateCheckpoint
+from training.stopping import NonFiniteLossError, SaveOnSignal, StopOnNonFiniteLoss, exit_on_signals, exit_status
+from training.precision import (
     PRECISION_KEY,
     PrecisionRecord,
     check_precision,
     probe_cpu_precision,
     resolve_precision,
 )
-from lightning_modules.quiet import filter_known_noise
+from training.quiet import filter_known_noise
 from lightning_modules.registry import project_class, project_class_names
-from lightning_modules.runs import WANDB_RUN_KEY, WandbRunRecord, join_wandb_run, run_checkpoint, run_summary
+from training.runs import (WANDB_RUN_KEY, RunRecord, join_wandb_run, requeued_checkpoint, requeued_job,
+                           run_checkpoint, run_summary)
 from datamodules import DatasetIntegrityError, ImageDataModule, default_data_dir
 
 
@@ -339,10 +337,11 @@ class Module14CLI(CLIHooks):
         parser.add_lightning_class_args(RNGStateCheckpoint, "rng_state")
         parser.add_lightning_class_args(StopOnNonFiniteLoss, "stop_on_non_finite_loss")
         parser.add_lightning_class_args(WarnOnScheduleChange, "warn_on_schedule_change")
-        # Always on: SIGTERM / SIGINT during fit save a resumable checkpoint and exit with 128 + the signal.
+        # Always on: a signal stops after the batch in flight; fit saves a resumable checkpoint (training/stopping.py).
         parser.add_lightning_class_args(SaveOnSignal, "save_on_signal")
-        # Always on: the W&B run id in every checkpoint, so resuming continues that run (lightning_modules/runs.py).
-        parser.add_lightning_class_args(WandbRunRecord, "wandb_run_record")
+        # Always on: the W&B run and SLURM job in every checkpoint, so resuming continues that run and a requeued job
+        # finds its checkpoint (training/runs.py).
+        parser.add_lightning_class_args(RunRecord, "run_record")
         # Always on: the precision in every checkpoint, so resuming with precision: null keeps it.
         parser.add_lightning_class_args(PrecisionRecord, "precision_record")
 
@@ -370,6 +369,8 @@ class Module14CLI(CLIHooks):
         self._checkpoint_precision: str | None = None
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path and subcommand == "fit" and requeued_job():
+            ckpt_path = self.config.fit.ckpt_path = self._requeued_checkpoint(requeued_job())
         if not ckpt_path:
             if subcommand == "predict":
                 _say("predict without --ckpt_path: the model's weights are random (pass --ckpt_path "
@@ -400,17 +401,35 @@ class Module14CLI(CLIHooks):
                 sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
                 raise
 
-    def _run_checkpoint(self, which: str) -> str:
-        """``--ckpt_path best|last``: the checkpoint of the newest run of this experiment (``runs.run_checkpoint``),
-        searched under the first logger's ``save_dir`` (else the trainer's ``default_root_dir``)."""
+    def _runs_root(self) -> tuple[str, str | None]:
+        """Where this experiment's runs are saved (the first logger's ``save_dir``, else the trainer's
+        ``default_root_dir``), and the logger's name."""
         config = self.config[self.config.subcommand]
         loggers = config.trainer.get("logger")
         first = (loggers[0] if isinstance(loggers, list) and loggers else loggers)
         init_args = first.get("init_args") if isinstance(first, Namespace) else None
         save_dir = (init_args.get("save_dir") if init_args else None) or config.trainer.get("default_root_dir") or "."
-        path = run_checkpoint(which, save_dir, config.model.class_path, init_args.get("name") if init_args else None)
+        return save_dir, init_args.get("name") if init_args else None
+
+    def _run_checkpoint(self, which: str) -> str:
+        """``--ckpt_path best|last``: the checkpoint of the newest run of this experiment (``runs.run_checkpoint``)."""
+        save_dir, name = self._runs_root()
+        path = run_checkpoint(which, save_dir, self.config[self.config.subcommand].model.class_path, name)
         _say(f"--ckpt_path {which} is {path}")
         return path
+
+    def _requeued_checkpoint(self, job: str) -> str | None:
+        """A requeued SLURM job's fit continues from the newest checkpoint this job wrote, into the same run folder and
+        W&B run (``runs.requeued_checkpoint``): under the runs' root and, for Lightning's hpc checkpoints, the
+        trainer's ``default_root_dir``."""
+        roots = [self._runs_root()[0], self.config.fit.trainer.get("default_root_dir") or "."]
+        found = requeued_checkpoint(job, roots)
+        if found is None:
+            _say(f"SLURM job {job} was requeued, but no checkpoint of it is under {', '.join(map(str, roots))}: "
+                 f"training starts from the beginning")
+            return None
+        _say(f"SLURM job {job} was requeued: resuming from {found[0]} (global step {found[1]})")
+        return found[0]
 
     def _checkpoint_defaults(self, ckpt_path: str, hparams: dict, model_class: type) -> dict:
         """The checkpoint hyperparameters to lay over the config: all but the inference settings the user typed.
@@ -475,7 +494,7 @@ class Module14CLI(CLIHooks):
             config.trainer.precision = precision or "32-true"
 
     def _choose_precision(self) -> None:
-        """Time the model in both precisions where the hardware cannot tell (see ``lightning_modules.precision``)."""
+        """Time the model in both precisions where the hardware cannot tell (see ``training.precision``)."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         if self._probe_precision:
             precision, self._precision_reason = probe_cpu_precision(self.model, self.datamodule)
@@ -585,7 +604,6 @@ class Module14CLI(CLIHooks):
 # Errors whose message says what is wrong and how to fix it: the console script prints the message, not a traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
                DatasetIntegrityError, NonFiniteLossError)
-_received_sigint: list[int] = []
 
 
 def user_message(err: BaseException) -> str:
@@ -606,11 +624,6 @@ def user_message(err: BaseException) -> str:
         if reasons:
             return "\n".join(reasons)
     return message
-
-
-def _record_sigint(signum: int, frame) -> None:
-    _received_sigint.append(signum)
-    raise KeyboardInterrupt
 
 
 def build_cli(args: ArgsType = None, run: bool = True) -> Module14CLI:
@@ -637,18 +650,15 @@ def main(args: ArgsType = None) -> int:
 
     0: the command finished. 2: the command line or config cannot be parsed (jsonargparse's usage error). 1: it was
     refused after parsing (a value a constructor refuses, settings that do not go together, a checkpoint that does not
-    fit) or failed (an error message, or a traceback for an unexpected error). 130 / 143: stopped by SIGINT (Ctrl-C) /
-    SIGTERM.
+    fit) or failed (an error message, or a traceback for an unexpected error). 128 + the signal when a signal stopped
+    it (``training.stopping``): 130 SIGINT (Ctrl-C), 143 SIGTERM, 129 SIGHUP, 138 SLURM's SIGUSR1 (requeued).
     """
-    signal.signal(signal.SIGINT, _record_sigint)  # Lightning turns Ctrl-C into exit(1); remember it was a signal
-    cli = None
+    exit_on_signals()  # DataLoader workers leave signals to the trainer; before a stage starts, a signal exits
     try:
-        cli = build_cli(args)
+        build_cli(args)
         status = 0
-    except SIGTERMException as stop:  # SaveOnSignal sets its code: 130 (SIGINT) or 143 (SIGTERM)
-        status = stop.code if isinstance(stop.code, int) and stop.code else 128 + signal.SIGTERM
-    except KeyboardInterrupt:
-        status = 128 + signal.SIGINT
+    except (SIGTERMException, KeyboardInterrupt):  # stopped by a signal: saved where a fit had something to save
+        status = 128 + signal.SIGTERM
     except SystemExit as stop:  # --help / --print_config (0), a usage error (2), Lightning's Ctrl-C shutdown (1)
         if stop.code is None or isinstance(stop.code, int):
             status = stop.code or 0
@@ -660,11 +670,8 @@ def main(args: ArgsType = None) -> int:
             raise
         print(f"error: {user_message(err)}\n(MODULE14_TRACEBACK=1 shows where it was raised)", file=sys.stderr)
         status = 1
-    if _received_sigint:
-        return 128 + signal.SIGINT
-    if cli is not None and getattr(cli, "trainer", None) is not None and cli.trainer.received_sigterm:
-        return 128 + signal.SIGTERM  # Lightning finishes predict/test before honouring SIGTERM
-    return status
+    stopped = exit_status()  # 128 + the signal that stopped the command, unless it finished anyway
+    return stopped if stopped is not None and status != 0 else status
 
 
 if __name__ == "__main__":

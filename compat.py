@@ -8,6 +8,7 @@ changes what it relies on. Fix the entry here, not its callers.
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from jsonargparse import Namespace
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, _InstantiatorFn
 from lightning.pytorch.loggers import WandbLogger
@@ -111,6 +113,27 @@ def drop_fit_dataloader(trainer: L.Trainer) -> None:
     builds there, and ``FitLoop.setup_data`` builds a new one only while it is ``None``.
     """
     trainer.fit_loop._combined_loader = None
+
+
+def set_stop_after_this_batch(trainer: L.Trainer, stop: bool) -> None:
+    """Make Lightning's loops stop (``stop=True``) when the batch in flight is done, as on its own SIGTERM, or not.
+
+    Relies on the private ``_SignalConnector.received_sigterm`` that ``trainer.received_sigterm`` reads: the fit loop
+    raises ``SIGTERMException`` at the end of a training batch's bookkeeping (its optimizer and schedule steps and
+    progress counters, after a validation due at that batch), and the evaluation loop after a batch, when it is set.
+    Lightning sets it only from its own SIGTERM handler, which module14 replaces (``training.stopping``).
+    """
+    trainer._signal_connector.received_sigterm = stop
+
+
+def requeue_signal(trainer: L.Trainer) -> signal.Signals | None:
+    """The signal on which Lightning would requeue this SLURM job (``SLURMEnvironment.requeue_signal``, SIGUSR1 by
+    default), or None when the run is not a SLURM job with auto-requeue on. Relies on the private
+    ``_AcceleratorConnector.cluster_environment``: a single-device strategy has no public one."""
+    environment = trainer._accelerator_connector.cluster_environment
+    if isinstance(environment, SLURMEnvironment) and environment.auto_requeue:
+        return signal.Signals(environment.requeue_signal or signal.SIGUSR1)
+    return None
 
 
 def wandb_init_kwargs(logger: WandbLogger) -> dict:

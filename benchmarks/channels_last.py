@@ -3,9 +3,9 @@
     python benchmarks/channels_last.py [--rounds 3] [--steps 5] [--cases unet dcgan dcgan_cifar10 ...]
 
 For each case, the config's LightningModule is built through the real CLI and trained by a real Trainer on its real
-data (``lightning_modules.precision.train_step_seconds``) with ``channels_last: false`` (NCHW, PyTorch's default) and
+data (``training.precision.train_step_seconds``) with ``channels_last: false`` (NCHW, PyTorch's default) and
 ``true`` (every 4-D weight in NHWC; a conv then writes NHWC outputs, so the layout carries through the network: see
-``lightning_modules/memory_format.py``), whatever the config says. Both layouts alternate round by round in one
+``training/memory_format.py``), whatever the config says. Both layouts alternate round by round in one
 process, in fp32 and, where this CPU has native bf16, in bf16-mixed; a round's figure is the median of its steps after
 the first, the table the median over rounds. For the U-Net it also times sampling: 10 network evaluations of a batch
 of 64 without gradients, in bf16 autocast where native. These figures decide which configs turn ``channels_last`` on.
@@ -50,7 +50,7 @@ def sampling_seconds(net: torch.nn.Module, shape: tuple[int, ...], bf16: bool, c
 
 
 def measure(case: str, precisions: list[str], rounds: int, steps: int, bf16: bool) -> list[dict]:
-    from lightning_modules.precision import train_step_seconds
+    from training.precision import train_step_seconds
 
     config, overrides = CASES[case]
     clis = {layout: build(config, [*overrides, f"--model.init_args.channels_last={str(on).lower()}"], False, "32-true")

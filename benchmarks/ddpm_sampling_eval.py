@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.results import MNIST_CLASSIFIER  # noqa: E402
 from compat import cpu_has_native_bf16  # noqa: E402
 from datamodules import MNISTDataModule  # noqa: E402
-from lightning_modules.allocator import keep_freed_memory  # noqa: E402
+from training.allocator import keep_freed_memory  # noqa: E402
 from lightning_modules.diffusion import DiffusionModule  # noqa: E402
 from lightning_modules.images import image_grid, save_png, to_unit_range  # noqa: E402
 from lightning_modules.metrics import SampleQuality, kid_subset_size  # noqa: E402

@@ -1,6 +1,6 @@
 """Optimizer step time per family on this CPU: torch's default Adam / AdamW (per-tensor ops), ``foreach=True``
 (multi-tensor ops) and ``fused=True`` (one kernel per tensor; what the models use unless a run clips gradients:
-``lightning_modules/optim.py``).
+``training/optim.py``).
 
     python benchmarks/optimizer_step.py [--rounds 7] [--steps 10]
 
@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.compile_speedup import build  # noqa: E402
 from benchmarks.machine import machine_line, use_project_defaults  # noqa: E402
-from lightning_modules.precision import train_step_seconds  # noqa: E402
+from training.precision import train_step_seconds  # noqa: E402
 
 CONFIGS = {
     "vit_mnist": ["configs/vit_mnist.yaml"],

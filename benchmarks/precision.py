@@ -36,7 +36,7 @@ def main() -> None:
     args = parser.parse_args()
     use_project_defaults()
     from cli import build_cli
-    from lightning_modules.precision import PROBE_MARGIN, probe_cpu_precision, resolve_precision, time_train_steps
+    from training.precision import PROBE_MARGIN, probe_cpu_precision, resolve_precision, time_train_steps
 
     hardware_choice, reason = resolve_precision("cpu")
     print(machine_line())

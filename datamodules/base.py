@@ -17,9 +17,11 @@ from typing import Literal
 
 import lightning as L
 import torch
+import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchdata.stateful_dataloader import StatefulDataLoader
+from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 from torchvision.transforms import v2
 
 DATA_DIR_ENV = "MODULE14_DATA_DIR"
@@ -375,15 +377,31 @@ class ImageDataModule(L.LightningDataModule):
         if dataset is None:
             raise RuntimeError("call setup() before asking for a dataloader")
         loader_class = StatefulDataLoader if shuffle else DataLoader
+        sampler = self._distributed_shuffle(dataset) if shuffle else None
         return loader_class(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle if sampler is None else None,
+            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
             drop_last=False,
         )
+
+    @staticmethod
+    def _distributed_shuffle(dataset: Dataset) -> StatefulDistributedSampler | None:
+        """Under DDP, the training sampler: this rank's share of one shuffle per epoch, seeded from the run's seed,
+        whose position checkpoints record (torchdata's ``StatefulDistributedSampler``); None in one process.
+
+        Lightning would wrap the loader's own random sampler instead and draw its permutation again when a resumed run
+        restores the position: the rest of that epoch would then follow another order than the uninterrupted run's
+        (some images twice, others not at all).
+        """
+        if not (dist.is_available() and dist.is_initialized()):
+            return None
+        return StatefulDistributedSampler(dataset, num_replicas=dist.get_world_size(), rank=dist.get_rank(),
+                                          shuffle=True, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)

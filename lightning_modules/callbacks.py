@@ -11,7 +11,6 @@ noise every epoch), and returning named image sets in [0, 1], each (N, C, H, W) 
 from __future__ import annotations
 
 import csv
-import math
 import os
 import sys
 import time
@@ -19,17 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
-import torch.distributed as dist
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
-from torch.optim.lr_scheduler import LambdaLR
 
-from lightning_modules.checkpointing import atomic_file
+from training.checkpointing import atomic_file
 from lightning_modules.images import image_grid, log_image, save_png
-from lightning_modules.rng import global_rng_states, set_global_rng_states
+from training.distributed import gather_objects
 
 
 def _writable_dir(path: str | Path) -> Path:
@@ -46,157 +42,6 @@ def _writable_dir(path: str | Path) -> Path:
             f"(--trainer.callbacks ... output_dir=...) at a folder you can write."
         ) from err
     return folder
-
-
-def _rng_states() -> dict[str, Any]:
-    """Global RNG states in types ``torch.load(weights_only=True)`` accepts (numpy's key array as a list)."""
-    states = global_rng_states()
-    kind, keys, pos, has_gauss, gauss = states["numpy"]
-    states["numpy"] = (kind, keys.tolist(), pos, has_gauss, gauss)
-    return states
-
-
-def _set_rng(states: dict[str, Any]) -> None:
-    kind, keys, pos, has_gauss, gauss = states["numpy"]
-    set_global_rng_states({**states, "numpy": (kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss)})
-
-
-def _gather(rows: list[Any]) -> list[Any]:
-    """All ranks' rows on every rank (a no-op in one process)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return rows
-    gathered: list[list[Any]] = [[] for _ in range(dist.get_world_size())]
-    dist.all_gather_object(gathered, rows)
-    return [row for part in gathered for row in part]
-
-
-class RNGStateCheckpoint(Callback):
-    """Per-rank random streams under DDP, and exact resumption of the global RNGs (torch, numpy, python, CUDA).
-
-    ``seed_everything`` seeds every DDP rank alike, so each rank would draw the same GAN noise, diffusion timesteps
-    and dropout masks; here rank r re-seeds with ``seed + r`` at setup (model weights are already built, and DDP
-    broadcasts rank 0's). Checkpoints store every rank's RNG state; a resumed run restores them just before its first
-    step, so with ``num_workers: 0`` and no random augmentation it retraces the uninterrupted run exactly.
-    The CLI adds this callback to every run.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._to_restore: list[dict] | None = None
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        seed = os.environ.get("PL_GLOBAL_SEED")
-        if seed is not None and trainer.world_size > 1:
-            L.seed_everything(int(seed) + trainer.global_rank, workers=True, verbose=False)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"rng_states": _gather([_rng_states()])}  # one entry per rank
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._to_restore = state_dict["rng_states"]
-
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
-        if self._to_restore is not None:
-            if len(self._to_restore) == trainer.world_size:
-                _set_rng(self._to_restore[trainer.global_rank])
-            self._to_restore = None
-
-
-def _learning_rate_jumps(trainer: L.Trainer) -> list[tuple[float, float]]:
-    """(restored, new) learning rates of the first parameter group of each ``LambdaLR`` whose schedule, as this run
-    lays it out, gives another value at the restored step than the checkpoint's schedule did."""
-    jumps = []
-    for config in trainer.lr_scheduler_configs:
-        scheduler = config.scheduler
-        if isinstance(scheduler, LambdaLR):
-            restored = scheduler.get_last_lr()[0]
-            new = scheduler.base_lrs[0] * scheduler.lr_lambdas[0](scheduler.last_epoch)
-            if not math.isclose(restored, new, rel_tol=1e-6, abs_tol=1e-12):
-                jumps.append((restored, new))
-    return jumps
-
-
-class WarnOnScheduleChange(Callback):
-    """Resuming ``fit`` with another run length warns when it moves the learning rate, naming what changed.
-
-    Warm-up + cosine schedules are laid out over the run's total steps, so resuming with another ``trainer.max_epochs``
-    / ``max_steps`` (or another number of batches per epoch) re-stretches the schedule and the learning rate jumps at
-    the first step. Checkpoints record the run length; a resumed run compares it with its own before its first step.
-    The CLI adds this callback to every run.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._length: dict[str, int] = {}
-        self._saved: dict[str, int] = {}
-
-    def state_dict(self) -> dict[str, int]:
-        return dict(self._length)
-
-    def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        self._saved = dict(state_dict)
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        total = trainer.estimated_stepping_batches
-        self._length = {"max_epochs": trainer.max_epochs, "max_steps": trainer.max_steps,
-                        "total_steps": int(total) if math.isfinite(total) else -1}
-        saved, self._saved = self._saved, {}
-        if not saved or saved.get("total_steps") == self._length["total_steps"]:
-            return
-        jumps = _learning_rate_jumps(trainer)
-        if jumps:
-            rank_zero_warn(self._message(saved, trainer.global_step, jumps[0]))
-
-    def _message(self, saved: dict[str, int], step: int, jump: tuple[float, float]) -> str:
-        changed = [f"trainer.{key} {saved[key]} -> {self._length[key]}" for key in ("max_epochs", "max_steps")
-                   if key in saved and saved[key] != self._length[key]]
-        what = ", ".join(changed) or "the number of training batches per epoch (data.batch_size, data.val_size, " \
-                                      "trainer.limit_train_batches or accumulate_grad_batches)"
-        return (
-            f"resuming with another run length ({what}): the learning-rate schedule now spans "
-            f"{self._length['total_steps']} steps instead of the checkpoint's {saved['total_steps']}, so at step {step} "
-            f"the learning rate jumps from {jump[0]:.3g} to {jump[1]:.3g}. To continue the checkpoint's schedule, "
-            f"resume with its settings (the config.yaml beside it)."
-        )
-
-
-class NonFiniteLossError(FloatingPointError):
-    """Training produced a NaN or infinite loss."""
-
-
-class StopOnNonFiniteLoss(Callback):
-    """Stops training at the first step whose loss is NaN or infinite, naming the step and the last good checkpoint.
-
-    Checks the loss ``training_step`` returns and every value logged with "loss" in its name (the GAN, with manual
-    optimisation, logs ``train/d_loss`` and ``train/g_loss``). It raises before any checkpoint of the broken weights
-    is written, so the last checkpoint on disk stays a good one. The CLI adds this callback to every run.
-    """
-
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        values = {name: value for name, value in trainer.callback_metrics.items() if "loss" in name}
-        returned = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if isinstance(returned, Tensor):
-            values["training_step loss"] = returned.detach()
-        bad = sorted(name for name, value in values.items() if not torch.isfinite(value).all())
-        if not bad:
-            return
-        raise NonFiniteLossError(
-            f"non-finite loss ({', '.join(bad)}) at epoch {trainer.current_epoch}, batch {batch_idx} (global step "
-            f"{trainer.global_step}); training stopped. Last good checkpoint: {_newest_checkpoint(trainer) or 'none'}. "
-            f"Lower the learning rate, clip gradients, or use bf16-mixed instead of 16-mixed, then resume from it "
-            f"with --ckpt_path."
-        )
-
-
-def _newest_checkpoint(trainer: L.Trainer) -> str:
-    """The most recently written checkpoint of any ModelCheckpoint callback ('' if none)."""
-    paths = set()
-    for callback in trainer.checkpoint_callbacks:
-        paths |= {callback.last_model_path, callback.best_model_path, getattr(callback, "_last_checkpoint_saved", "")}
-    existing = [Path(p) for p in paths if p and Path(p).is_file()]
-    return str(max(existing, key=lambda p: p.stat().st_mtime)) if existing else ""
 
 
 class ImageSampler(Callback):
@@ -347,7 +192,7 @@ class ClassificationWriter(BasePredictionWriter):
             for i, index in enumerate(indices):
                 probs = output["probs"][i].tolist()
                 rows.append([index, int(output["label"][i]), int(output["pred"][i])] + [f"{p:.6f}" for p in probs])
-        rows = _gather(rows)
+        rows = gather_objects(rows)
         if not trainer.is_global_zero:
             return
         rows.sort(key=lambda row: row[0])

@@ -11,8 +11,8 @@ from torch import Tensor
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_modules.compiling import compile_networks
-from lightning_modules.optim import (
+from training.compiling import compile_networks
+from training.optim import (
     decay_groups, fused_adam, keep_state_in_parameter_layout, total_training_steps, warmup_cosine,
 )
 from networks.vit import VisionTransformer
@@ -33,7 +33,7 @@ class ViTClassifier(L.LightningModule):
         label_smoothing: cross-entropy label smoothing in [0, 1).
         lr: peak AdamW learning rate; weight_decay: AdamW decay on weight matrices only.
         warmup_fraction: fraction of all training steps spent in linear warm-up before the cosine decay.
-        compile: run the network through ``torch.compile`` (see ``lightning_modules/compiling.py``).
+        compile: run the network through ``torch.compile`` (see ``training/compiling.py``).
         **network: ``VisionTransformer``'s arguments, stated there (``patch_size``, ``embed_dim``, ``depth``,
             ``num_heads``, ``mlp_ratio``, ``dropout``, ``attn_dropout``); the CLI offers them as ``--model.init_args.*``.
     """

@@ -12,16 +12,16 @@ from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 
 from datamodules import VALUE_RANGES
-from lightning_modules.compiling import compile_networks
+from training.compiling import compile_networks
 from lightning_modules.ema import EMA
 from lightning_modules.images import require_value_range, to_unit_range
-from lightning_modules.memory_format import use_channels_last
-from lightning_modules.optim import decay_groups, fused_adam, keep_state_in_parameter_layout
-from lightning_modules.rng import seeded_generator
+from training.memory_format import use_channels_last
+from training.optim import decay_groups, fused_adam, keep_state_in_parameter_layout
+from training.rng import seeded_generator
 from networks.diffusion import DDPMVariance, GaussianDiffusion, Prediction, Sampler, Schedule
 from networks.unet import SimpleUNet
 
-_PREDICT_STREAM = 1  # keys of the seeded noise streams (see lightning_modules/rng.py)
+_PREDICT_STREAM = 1  # keys of the seeded noise streams (see training/rng.py)
 DEFAULT_STEPS = {"ddim": 50, "dpm_solver": 20}  # when sampling_steps is null (capped at T); DDPM takes all T
 
 
@@ -47,10 +47,10 @@ class DiffusionModule(L.LightningModule):
         ddpm_variance: σ² of the ancestral sampler: "posterior" (β̃_t) or "beta" (β_t).
         noise_seed: seed of the ``predict`` noise (combined with the rank and batch index).
         trajectory_grid: also log a grid of x̂_0 along the sampling trajectory with the sample grids.
-        compile: run the trained U-Net through ``torch.compile`` (see ``lightning_modules/compiling.py``); the EMA
+        compile: run the trained U-Net through ``torch.compile`` (see ``training/compiling.py``); the EMA
             copy, which samples, stays eager.
         channels_last: keep the convolutions' weights and activations in NHWC memory layout (see
-            ``lightning_modules/memory_format.py``; off in the DDPM configs: 0.89x in bf16 on CPU).
+            ``training/memory_format.py``; off in the DDPM configs: 0.89x in bf16 on CPU).
         **unet: ``SimpleUNet``'s arguments, stated there (``model_channels``, ``num_res_blocks``, ``channel_mult``,
             ``attention_levels``, ``num_heads``, ``dropout``, ``norm_groups``); the CLI offers them as
             ``--model.init_args.*``.

@@ -18,12 +18,12 @@ from torch import Tensor
 
 from compat import ddp_kwargs
 from datamodules import VALUE_RANGES
-from lightning_modules.compiling import compile_networks
+from training.compiling import compile_networks
 from lightning_modules.ema import EMA
 from lightning_modules.images import require_value_range, to_unit_range
-from lightning_modules.memory_format import use_channels_last
-from lightning_modules.optim import fused_adam, keep_state_in_parameter_layout
-from lightning_modules.rng import seeded_generator
+from training.memory_format import use_channels_last
+from training.optim import fused_adam, keep_state_in_parameter_layout
+from training.rng import seeded_generator
 from networks.gan import DCGANDiscriminator, DCGANGenerator, Discriminator, Generator
 
 # Noise streams (part of the seed of each torch.Generator).
@@ -53,9 +53,9 @@ class GANModule(L.LightningModule):
             after ``n`` generator steps. ``None``: no EMA.
         noise_seed: seed of the noise streams (training, validation, predict).
         compile: run the generator and discriminator through ``torch.compile`` (see
-            ``lightning_modules/compiling.py``).
+            ``training/compiling.py``).
         channels_last: keep the convolutions' weights and activations in NHWC memory layout (see
-            ``lightning_modules/memory_format.py``; on in the DCGAN configs).
+            ``training/memory_format.py``; on in the DCGAN configs).
     """
 
     # Chosen at inference time: with --ckpt_path a typed value wins over the checkpoint's (see cli.py).

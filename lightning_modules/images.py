@@ -13,7 +13,7 @@ from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
 from datamodules import VALUE_RANGES
-from lightning_modules.checkpointing import atomic_file
+from training.checkpointing import atomic_file
 
 
 def to_unit_range(x: Tensor, value_range: tuple[float, float]) -> Tensor:

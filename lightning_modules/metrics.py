@@ -24,7 +24,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from lightning_modules.images import to_unit_range
-from lightning_modules.rng import seeded_generator
+from training.rng import seeded_generator
 from networks.vit import VisionTransformer
 
 FeatureChoice = Literal["auto", "inception", "classifier"]

@@ -15,12 +15,12 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from datamodules import VALUE_RANGES
-from lightning_modules.compiling import compile_networks
+from training.compiling import compile_networks
 from lightning_modules.images import require_value_range, to_unit_range
-from lightning_modules.memory_format import use_channels_last
-from lightning_modules.optim import fused_adam, keep_state_in_parameter_layout, total_training_steps, warmup_cosine
-from lightning_modules.rng import seeded_generator
-from lightning_modules.step_logging import RunningMeans, logger_writes_this_step
+from training.memory_format import use_channels_last
+from training.optim import fused_adam, keep_state_in_parameter_layout, total_training_steps, warmup_cosine
+from training.rng import seeded_generator
+from training.step_logging import RunningMeans, logger_writes_this_step
 from networks.vae import ConvVAE, GaussianLatentAutoencoder, VAE
 
 TRAIN_TERMS = ("loss", "recon", "kl", "nelbo")
@@ -141,9 +141,9 @@ class VAEModule(L.LightningModule):
         active_unit_threshold: posterior-mean variance above which a latent unit counts as active.
         traversal_dims: latent dimensions shown in the traversal panel (the most used ones; 0: no panel).
         noise_seed: seed of the noise ``predict`` draws (combined with the rank and batch index).
-        compile: run the network through ``torch.compile`` (see ``lightning_modules/compiling.py``).
+        compile: run the network through ``torch.compile`` (see ``training/compiling.py``).
         channels_last: keep the convolutions' weights and activations in NHWC memory layout (see
-            ``lightning_modules/memory_format.py``; off in the VAE configs: 1.00-1.09x).
+            ``training/memory_format.py``; off in the VAE configs: 1.00-1.09x).
     """
 
     # Chosen at inference time: with --ckpt_path a typed value wins over the checkpoint's (see cli.py).

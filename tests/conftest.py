@@ -39,8 +39,11 @@ def pytest_sessionstart(session) -> None:
 @pytest.fixture(autouse=True)
 def _stop_suite_on_signal():
     yield
-    if _STOP_SIGNALS:
-        pytest.exit(f"stopped by {signal.Signals(_STOP_SIGNALS[0]).name}", returncode=128 + _STOP_SIGNALS[0])
+    from training import stopping  # inside a trainer stage, module14's handlers note the signal (training/stopping.py)
+
+    stops = _STOP_SIGNALS + stopping.received
+    if stops:
+        pytest.exit(f"stopped by {signal.Signals(stops[0]).name}", returncode=128 + stops[0])
     for signum in (signal.SIGINT, signal.SIGTERM):  # Lightning leaves SIGINT ignored after it caught a Ctrl-C
         signal.signal(signum, _stop)
 
@@ -48,9 +51,14 @@ def _stop_suite_on_signal():
 @pytest.fixture
 def user_signal_handlers():
     """For a test that signals its own process: SIGINT/SIGTERM reach the code under test as they would a user's run
-    (Python's and Lightning's handlers, not the suite's stop). The suite's handlers come back after the test."""
+    (Python's and module14's handlers, not the suite's stop). The suite's handlers come back after the test, and the
+    signals the test sent do not stop the suite."""
+    from training import stopping
+
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    stopping.received.clear()
 
 
 def module14(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None):

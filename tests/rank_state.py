@@ -1,10 +1,12 @@
 """Test helpers importable by CLI runs: a callback recording every rank's weights and metrics, a model that goes NaN,
-a callback that sends the process a signal, one that makes ``compile: true`` use the fast ``aot_eager`` backend."""
+a callback that sends the process a signal, one that reports a run's progress to files, one that makes
+``compile: true`` use the fast ``aot_eager`` backend."""
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import lightning as L
@@ -12,7 +14,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from compat import is_compiled
-from lightning_modules import compiling
+from training import compiling
 
 
 class RecordRankState(Callback):
@@ -52,6 +54,36 @@ class SignalAtStep(Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.Signals(self.signum))
+
+
+class Progress(Callback):
+    """Writes ``<folder>/step_rank<r>`` (the global step) as each training step starts, ``<folder>/batches_rank<r>`` (the
+    batches done) after each validate/test/predict batch, and ``<folder>/stopped_rank<r>`` (the global step) when a
+    signal stops the run; sleeps ``delay`` seconds per batch, so that a test can signal a run while it works."""
+
+    def __init__(self, folder: str, delay: float = 0.0) -> None:
+        super().__init__()
+        self.folder, self.delay, self.batches = Path(folder), delay, 0
+
+    def _write(self, trainer: L.Trainer, what: str, value: int) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"{what}_rank{trainer.global_rank}"
+        path.with_suffix(".tmp").write_text(str(value))
+        path.with_suffix(".tmp").replace(path)
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args) -> None:
+        self._write(trainer, "step", trainer.global_step)
+        time.sleep(self.delay)
+
+    def _batch_end(self, trainer: L.Trainer, *args) -> None:
+        self.batches += 1
+        self._write(trainer, "batches", self.batches)
+        time.sleep(self.delay)
+
+    on_validation_batch_end = on_test_batch_end = on_predict_batch_end = _batch_end
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._write(trainer, "stopped", trainer.global_step)
 
 
 from lightning_modules.classifier import ViTClassifier  # noqa: E402

@@ -1,4 +1,4 @@
-"""The CLI keeps freed CPU memory in the process (lightning_modules/allocator.py), unless the user configured malloc."""
+"""The CLI keeps freed CPU memory in the process (training/allocator.py), unless the user configured malloc."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_modules import allocator
+from training import allocator
 
 ROOT = Path(__file__).resolve().parents[1]
 glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's")

@@ -167,6 +167,44 @@ def test_dropping_the_fit_dataloader_makes_the_fit_loop_build_it_again(tmp_path)
     assert Counting.built == 2  # once for the estimate, once again for training
 
 
+class StopAtStep(L.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            compat.set_stop_after_this_batch(trainer, True)
+
+
+def test_stop_after_this_batch_stops_the_fit_loop_once_the_batch_is_counted(tmp_path):
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    trainer = cpu_trainer(max_epochs=1, max_steps=10, limit_val_batches=0, default_root_dir=tmp_path,
+                          callbacks=[StopAtStep(1)])
+    data = TinyData()
+    data.train_dataloader = lambda: DataLoader(TensorDataset(torch.zeros(20, 3)), batch_size=2)
+    with pytest.raises(SIGTERMException):
+        trainer.fit(TinyModel(width=3), data)
+    assert trainer.global_step == 1 and trainer.fit_loop.epoch_loop.batch_progress.total.completed == 1
+    assert trainer.received_sigterm
+
+
+def test_requeue_signal_is_slurms_when_auto_requeue_is_on(monkeypatch, tmp_path):
+    import signal
+
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    assert compat.requeue_signal(tiny_trainer(tmp_path)) is None  # not a SLURM job
+    slurm = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train", "SLURM_JOB_ID": "7", "SLURM_PROCID": "0",
+             "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost", "SLURM_NTASKS_PER_NODE": "1"}
+    for key, value in slurm.items():
+        monkeypatch.setenv(key, value)
+    assert compat.requeue_signal(tiny_trainer(tmp_path)) == signal.SIGUSR1
+    on_usr2 = tiny_trainer(tmp_path, plugins=[SLURMEnvironment(requeue_signal=signal.SIGUSR2)])
+    assert compat.requeue_signal(on_usr2) == signal.SIGUSR2
+    assert compat.requeue_signal(tiny_trainer(tmp_path, plugins=[SLURMEnvironment(auto_requeue=False)])) is None
+
+
 def test_wandb_logger_internals(monkeypatch, tmp_path):
     """``WandbLogger._wandb_init`` / ``_experiment`` / ``_id``: what is set before the run starts is what
     ``wandb.init`` gets and what ``version`` reports; the run starts on first use of ``experiment``."""

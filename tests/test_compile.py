@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from conftest import CSV_LOGGER, TINY_GAN, TINY_VIT
 
 from compat import is_compiled
-from lightning_modules import DiffusionModule, GANModule, VAEModule, ViTClassifier, compiling
+from lightning_modules import DiffusionModule, GANModule, VAEModule, ViTClassifier
+from training import compiling
 
 FAMILIES = {  # tiny models, and the networks each compiles
     "vit": (lambda c: ViTClassifier((1, 28, 28), 10, patch_size=7, embed_dim=32, depth=1, num_heads=2, compile=c),
@@ -88,7 +89,7 @@ def test_compiled_gan_checkpoint_resumes_eagerly_and_loads_back_into_a_compiled_
 
 def test_precision_null_is_not_timed_with_compile(run_cli, monkeypatch, capsys):
     """On a native-bf16 CPU ``precision: null`` times two copies of the model; compiled, each would compile itself."""
-    from lightning_modules import precision as resolver
+    from training import precision as resolver
 
     monkeypatch.setattr(resolver, "cpu_has_native_bf16", lambda: True)
     monkeypatch.setattr(resolver, "time_train_steps", lambda *a, **k: pytest.fail("timed a compiled model"))

@@ -10,7 +10,7 @@ import torch
 from conftest import CSV_LOGGER, ROOT, TINY_VIT, module14
 
 from cli import CheckpointError
-from lightning_modules.callbacks import NonFiniteLossError
+from training.stopping import NonFiniteLossError
 
 VALIDATE = ["validate", "--config", "configs/vit_mnist.yaml", *TINY_VIT, *CSV_LOGGER, "--trainer.limit_val_batches=1"]
 

@@ -16,7 +16,7 @@ from conftest import DATA_DIR, ROOT, TINY_UNET, TINY_VIT, module14
 from PIL import Image
 
 from cli import CheckpointError, typed_model_args
-from lightning_modules.runs import RunNotFoundError
+from training.runs import RunNotFoundError
 
 CONFIG = "configs/ddpm_mnist.yaml"
 # A tiny DDPM with T = 10, so DDIM defaults to all 10 steps and a typed sampling_steps 5 is a different sampler run.

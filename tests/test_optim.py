@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import CSV_LOGGER, TINY_VIT
 
-from lightning_modules.optim import decay_groups, fused_adam, keep_state_in_parameter_layout
+from training.optim import decay_groups, fused_adam, keep_state_in_parameter_layout
 from networks.vit import VisionTransformer
 
 

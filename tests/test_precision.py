@@ -9,7 +9,7 @@ import torch
 import yaml
 from conftest import CSV_LOGGER, SUBSET_OPT_IN, TINY_DDPM, TINY_VIT, LayoutWatch
 
-from lightning_modules import precision as resolver
+from training import precision as resolver
 
 FAMILIES = {
     "vit": ["--config", "configs/vit_mnist.yaml", *TINY_VIT],
@@ -34,7 +34,7 @@ def test_trains_under_precision(run_cli, family, precision):
     losses = {k: v for k, v in cli.trainer.callback_metrics.items() if "loss" in k}
     assert losses and all(torch.isfinite(v) for v in losses.values())
     assert any(not torch.equal(before[k], v) for k, v in cli.model.state_dict().items() if v.is_floating_point())
-    fused = family != "diffusion"  # DDPM clips its gradients: lightning_modules.optim.fused_adam
+    fused = family != "diffusion"  # DDPM clips its gradients: training.optim.fused_adam
     assert all(group["fused"] == fused for opt in cli.trainer.optimizers for group in opt.param_groups)
 
 

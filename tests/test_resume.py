@@ -43,7 +43,7 @@ def test_vit_resumes_exactly_mid_epoch(run_cli, tmp_path):
 
 def test_resume_without_rng_state_would_differ(run_cli, tmp_path):
     """The test above can fail: drop the saved RNG state and the resumed weights differ."""
-    from lightning_modules.callbacks import RNGStateCheckpoint
+    from training.rng import RNGStateCheckpoint
 
     original = RNGStateCheckpoint.load_state_dict
     RNGStateCheckpoint.load_state_dict = lambda self, state: None

@@ -17,7 +17,7 @@ import lightning as L
 import torch
 
 from compat import cpu_has_native_bf16
-from lightning_modules.rng import global_rng_states, set_global_rng_states
+from training.rng import global_rng_states, set_global_rng_states
 
 PROBE_MARGIN = 1.1  # bf16-mixed must be this much faster to be chosen over exact fp32
 PRECISION_KEY = "precision"  # the checkpoint entry PrecisionRecord writes

@@ -14,7 +14,7 @@ turn it on; the U-Net 1.13x / 0.89x / 1.03x
 (slower in bf16) and the conv VAE 1.09x / 1.00x / 1.03x, so theirs leave it off.
 
 A run resumed in the other layout gets its Adam moments back in its parameters' layout
-(``lightning_modules.optim.keep_state_in_parameter_layout``): torch's fused CPU Adam would otherwise step wrongly.
+(``training.optim.keep_state_in_parameter_layout``): torch's fused CPU Adam would otherwise step wrongly.
 """
 
 from __future__ import annotations

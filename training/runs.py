@@ -2,7 +2,9 @@
 summary ``fit`` prints at its end.
 
 - ``run_checkpoint``: ``last`` / ``best`` resolved from the newest run of an experiment on disk.
-- ``WandbRunRecord``: stores the W&B run id and group in every checkpoint (``checkpoint["wandb_run"]``).
+- ``RunRecord``: stores the W&B run id and group (``checkpoint["wandb_run"]``) and the SLURM job id
+  (``checkpoint["slurm_job"]``) in every checkpoint.
+- ``requeued_checkpoint``: where a requeued SLURM job resumes.
 - ``join_wandb_run``: before the W&B run starts, continues the recorded run (``fit --ckpt_path``) or, for
   ``validate`` / ``test`` / ``predict`` of a checkpoint, starts a run in the training run's group with its job type.
 - ``run_summary``: where a finished ``fit`` left its run folder, checkpoints and W&B run.
@@ -10,6 +12,7 @@ summary ``fit`` prints at its end.
 
 from __future__ import annotations
 
+import os
 import secrets
 import string
 from pathlib import Path
@@ -24,6 +27,7 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from compat import set_wandb_run_id, wandb_init_kwargs, wandb_run_started
 
 WANDB_RUN_KEY = "wandb_run"
+SLURM_JOB_KEY = "slurm_job"
 
 
 class RunNotFoundError(FileNotFoundError):
@@ -76,15 +80,50 @@ def run_checkpoint(which: str, search_root: str | Path, model_class: str, logger
     )
 
 
-class WandbRunRecord(Callback):
-    """Stores the W&B run id and group in every checkpoint, so a resumed ``fit`` continues that run and ``test`` /
-    ``predict`` of the checkpoint join its group. The CLI adds this callback to every run."""
+class RunRecord(Callback):
+    """Stores in every checkpoint the W&B run id and group, so a resumed ``fit`` continues that run and ``test`` /
+    ``predict`` of the checkpoint join its group, and the SLURM job that wrote it, so the job's requeued copy finds it
+    (``requeued_checkpoint``). The CLI adds this callback to every run."""
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        job = slurm_job_id()
+        if job:
+            checkpoint[SLURM_JOB_KEY] = job
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger) and logger.version:
                 checkpoint[WANDB_RUN_KEY] = {"id": logger.version, "group": wandb_init_kwargs(logger).get("group")}
                 return
+
+
+def slurm_job_id() -> str | None:
+    """This SLURM job's id as ``scontrol`` names it (``<array job>_<task>`` for an array task), or None outside SLURM."""
+    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array_job}_{task}" if array_job and task else os.environ.get("SLURM_JOB_ID")
+
+
+def requeued_job() -> str | None:
+    """The SLURM job id when this process is a requeued job's (``SLURM_RESTART_COUNT`` >= 1), else None."""
+    restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
+    return slurm_job_id() if restarts.isdigit() and int(restarts) > 0 else None
+
+
+def requeued_checkpoint(job: str, roots: list[str | Path]) -> tuple[str, int] | None:
+    """The checkpoint a requeued SLURM job resumes from: of the checkpoints under ``roots`` that this job wrote
+    (``last.ckpt`` of its run, or Lightning's ``hpc_ckpt_<n>.ckpt``), the one holding the most training steps, and
+    that step count; None when the job wrote none. Only each file's small records are read (memory-mapped)."""
+    found = []
+    for root in dict.fromkeys(Path(r) for r in roots):
+        for path in [*root.glob("**/last*.ckpt"), *root.glob("hpc_ckpt_*.ckpt")]:
+            try:
+                checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except Exception:  # a foreign or damaged file is not this job's checkpoint
+                continue
+            if isinstance(checkpoint, dict) and checkpoint.get(SLURM_JOB_KEY) == job:
+                found.append((int(checkpoint.get("global_step", 0)), path.stat().st_mtime, str(path)))
+    if not found:
+        return None
+    step, _, path = max(found)
+    return path, step
 
 
 def new_run_id() -> str:

@@ -1,4 +1,5 @@
-"""Optimiser pieces shared by the models: fused Adam steps, AdamW parameter groups and the warm-up + cosine schedule."""
+"""Optimiser pieces shared by the models: fused Adam steps, AdamW parameter groups, the warm-up + cosine schedule, and
+``WarnOnScheduleChange``, which says when a resumed run re-stretches that schedule."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import math
 import lightning as L
 import torch
 import torch.nn as nn
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -93,3 +96,61 @@ def total_training_steps(trainer: L.Trainer) -> int:
     total = trainer.estimated_stepping_batches
     drop_fit_dataloader(trainer)
     return total
+
+
+def _learning_rate_jumps(trainer: L.Trainer) -> list[tuple[float, float]]:
+    """(restored, new) learning rates of the first parameter group of each ``LambdaLR`` whose schedule, as this run
+    lays it out, gives another value at the restored step than the checkpoint's schedule did."""
+    jumps = []
+    for config in trainer.lr_scheduler_configs:
+        scheduler = config.scheduler
+        if isinstance(scheduler, LambdaLR):
+            restored = scheduler.get_last_lr()[0]
+            new = scheduler.base_lrs[0] * scheduler.lr_lambdas[0](scheduler.last_epoch)
+            if not math.isclose(restored, new, rel_tol=1e-6, abs_tol=1e-12):
+                jumps.append((restored, new))
+    return jumps
+
+
+class WarnOnScheduleChange(Callback):
+    """Resuming ``fit`` with another run length warns when it moves the learning rate, naming what changed.
+
+    Warm-up + cosine schedules are laid out over the run's total steps, so resuming with another ``trainer.max_epochs``
+    / ``max_steps`` (or another number of batches per epoch) re-stretches the schedule and the learning rate jumps at
+    the first step. Checkpoints record the run length; a resumed run compares it with its own before its first step.
+    The CLI adds this callback to every run.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._length: dict[str, int] = {}
+        self._saved: dict[str, int] = {}
+
+    def state_dict(self) -> dict[str, int]:
+        return dict(self._length)
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self._saved = dict(state_dict)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        total = trainer.estimated_stepping_batches
+        self._length = {"max_epochs": trainer.max_epochs, "max_steps": trainer.max_steps,
+                        "total_steps": int(total) if math.isfinite(total) else -1}
+        saved, self._saved = self._saved, {}
+        if not saved or saved.get("total_steps") == self._length["total_steps"]:
+            return
+        jumps = _learning_rate_jumps(trainer)
+        if jumps:
+            rank_zero_warn(self._message(saved, trainer.global_step, jumps[0]))
+
+    def _message(self, saved: dict[str, int], step: int, jump: tuple[float, float]) -> str:
+        changed = [f"trainer.{key} {saved[key]} -> {self._length[key]}" for key in ("max_epochs", "max_steps")
+                   if key in saved and saved[key] != self._length[key]]
+        what = ", ".join(changed) or "the number of training batches per epoch (data.batch_size, data.val_size, " \
+                                      "trainer.limit_train_batches or accumulate_grad_batches)"
+        return (
+            f"resuming with another run length ({what}): the learning-rate schedule now spans "
+            f"{self._length['total_steps']} steps instead of the checkpoint's {saved['total_steps']}, so at step {step} "
+            f"the learning rate jumps from {jump[0]:.3g} to {jump[1]:.3g}. To continue the checkpoint's schedule, "
+            f"resume with its settings (the config.yaml beside it)."
+        )

@@ -4,7 +4,7 @@
 deprecations inside torchdata and Lightning, Lightning's advertising tips, notices that restate what the CLI already
 says (the AMP precision: ``module14: precision ...`` says it and why) and Lightning notices repeated by the precision
 probe's extra trainers. Two W&B warnings are prevented at their cause instead, where the W&B run is set up
-(``lightning_modules.runs.join_wandb_run``): "The anonymous setting has no effect" and "git root ... does not exist".
+(``training.runs.join_wandb_run``): "The anonymous setting has no effect" and "git root ... does not exist".
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ NOISE_WARNINGS = (
     r"The number of training batches \(\d+\) is smaller than the logging interval",  # short debug runs: expected
     r"Precision .* is not supported by the model summary",  # the summary's size estimate in bf16/16-mixed
     # A resumed fit continues its run's checkpoint folder on purpose, and validate/test/predict of a checkpoint log
-    # into a new W&B run (so a new folder) that saves nothing (lightning_modules.runs.join_wandb_run).
+    # into a new W&B run (so a new folder) that saves nothing (training.runs.join_wandb_run).
     r"Checkpoint directory .* exists and is not empty",
     r"The dirpath has changed from",
 )

@@ -1,35 +1,32 @@
-"""Checkpoints that survive: atomic writes, weights-only loads, a last.ckpt that is really the last, saves on signals.
+"""Checkpoints that survive: atomic writes, weights-only loads, a last.ckpt that is really the last (written on a
+signal by ``training.stopping``).
 
 - ``atomic_file``: write a file under a temporary name in its destination folder and rename it into place, so a kill
   or a full disk never leaves a truncated file under its final name.
 - ``SafeCheckpointIO``: the trainer's checkpoint IO (the CLI plugs it in): atomic writes with a clear error on a full
   disk, and ``weights_only=True`` loads (a checkpoint never runs pickled code).
 - ``RunCheckpoint``: Lightning's ``ModelCheckpoint`` whose ``last.ckpt`` always holds the latest state.
-- ``SaveOnSignal``: SIGTERM / SIGINT during ``fit`` save a resumable checkpoint and exit with 128 + the signal number.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
+import re
 import secrets
 import shutil
-import signal
+import socket
 import sys
-import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
-from typing import Any, Callable
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from fsspec.utils import get_protocol
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from compat import LastCheckpointHooks
 
@@ -43,7 +40,8 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")  # created by the writer: default mode
+    # created by the writer (default mode); its name says which process writes it (see remove_interrupted_writes)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}@{socket.gethostname()}.{secrets.token_hex(4)}.tmp")
     try:
         yield temporary
         os.replace(temporary, path)
@@ -51,6 +49,47 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+
+
+# A temporary file of atomic_file: .<name>.<pid>@<host>.<8 hex>.tmp (before 2026-12: .<name>.<8 hex>.tmp).
+_TEMPORARY = re.compile(r"^\.(?P<name>.+?)(\.(?P<pid>\d+)@(?P<host>.+))?\.[0-9a-f]{8}\.tmp$")
+STALE_AFTER_S = 3600  # no write takes an hour: a temporary file this old is left over whoever wrote it
+
+
+def remove_interrupted_writes(folder: str | Path) -> list[str]:
+    """Delete what a killed write left in ``folder`` (SIGKILL, a power cut: ``atomic_file`` never got to clean up);
+    returns the names removed.
+
+    A temporary file is left over when the process that wrote it, on this host, is gone, or (another host's, or an
+    older module14's) when it is over an hour old. A write in progress elsewhere is never touched, and nothing but
+    ``atomic_file``'s own temporary names is: ``--ckpt_path last`` and resuming never read them anyway.
+    """
+    removed = []
+    for path in Path(folder).glob(".*.tmp"):
+        match = _TEMPORARY.match(path.name)
+        if match is None:
+            continue
+        try:
+            if match["pid"] and match["host"] == socket.gethostname():
+                stale = not _process_exists(int(match["pid"]))
+            else:
+                stale = time.time() - path.stat().st_mtime > STALE_AFTER_S
+            if stale:
+                path.unlink()
+                removed.append(path.name)
+        except OSError:  # gone meanwhile, or not ours to delete
+            continue
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def is_local_path(path: Any) -> bool:
@@ -105,8 +144,8 @@ class RunCheckpoint(LastCheckpointHooks):
     Lightning 2.6 rewrites ``last.ckpt`` only in a step where it writes a top-k checkpoint (and at the end of training
     only if it never wrote one), so after an epoch that does not improve the monitored metric ``last.ckpt`` still holds
     an earlier epoch, and resuming from it silently rewinds training. Here it is also rewritten after every validation
-    and training epoch of ``fit``, at the end of training and on a signal (``SaveOnSignal``), whenever it is older than
-    the current step. All experiment configs use it; ``save_last`` must be ``true`` for ``last.ckpt`` to be written.
+    and training epoch of ``fit``, at the end of training and on a signal (``training.stopping.SaveOnSignal``), whenever it is
+    older than the current step. Leftovers of a killed write in its folder are removed when a fit starts. All experiment configs use it; ``save_last`` must be ``true`` for ``last.ckpt`` to be written.
     """
 
     _last_step: int | None = None  # the global step last.ckpt holds, once written by this run
@@ -118,6 +157,11 @@ class RunCheckpoint(LastCheckpointHooks):
                 "older than the latest state. Use save_last: true."
             )
         super().setup(trainer, pl_module, stage)
+        if stage == "fit" and trainer.is_global_zero and self.dirpath and is_local_path(self.dirpath):
+            removed = remove_interrupted_writes(self.dirpath)
+            if removed:
+                print(f"module14: removed {len(removed)} file(s) an interrupted checkpoint write left in "
+                      f"{Path(self.dirpath).resolve()}: {', '.join(removed)}", file=sys.stderr)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
@@ -144,71 +188,3 @@ class RunCheckpoint(LastCheckpointHooks):
         if self.save_last and stale and training:
             self.write_last(trainer)
         return self.last_model_path
-
-
-class SaveOnSignal(Callback):
-    """SIGTERM or SIGINT during ``fit``: finish the current batch, save a resumable checkpoint, exit with 128 + signal.
-
-    Lightning 2.6 stops at the next batch boundary on SIGTERM (all DDP ranks together) but saves nothing and exits 0;
-    Ctrl+C raises KeyboardInterrupt wherever the code happens to be and exits 1. Here both signals take Lightning's
-    SIGTERM path, then the checkpoint (mid-epoch position and RNG states included) is written as the run's
-    ``last.ckpt`` (``interrupted.ckpt`` in the checkpoint folder without a ``RunCheckpoint``), its path and the resume
-    command are printed, and the ``SystemExit`` Lightning raises carries exit code 130 (SIGINT) or 143 (SIGTERM). A
-    second Ctrl+C aborts at once without saving. SLURM's SIGUSR1 requeue is Lightning's and untouched.
-    The CLI adds this callback to every run.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.received: signal.Signals | None = None
-        self._training = False
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.received, self._training = None, True
-        lightning_handler = signal.getsignal(signal.SIGTERM)  # installed by Lightning for fit, restored after it
-        if callable(lightning_handler) and threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(signum, functools.partial(self._stop_after_this_batch, lightning_handler))
-
-    def _stop_after_this_batch(self, lightning_handler: Callable, signum: int, frame: FrameType | None) -> None:
-        if signum == signal.SIGINT:
-            signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl+C aborts at once
-        if self.received is None:
-            again = " (Ctrl+C again aborts without saving)" if signum == signal.SIGINT else ""
-            os.write(2, f"\n{signal.Signals(signum).name} received: saving a checkpoint after this batch{again} ...\n"
-                     .encode())
-        self.received = signal.Signals(signum)
-        lightning_handler(signum, frame)  # sets trainer.received_sigterm; the loops stop at the batch boundary
-
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if not isinstance(exception, SIGTERMException):
-            return
-        signum = self.received or signal.SIGTERM
-        exception.code = 128 + signum
-        if not (self._training and trainer.state.fn == TrainerFn.FITTING):
-            return
-        path = self._save(trainer)
-        if trainer.is_global_zero:
-            path = os.path.abspath(path) if is_local_path(path) else path
-            config = Path(path).parent / "config.yaml"
-            arguments = f"--config {config}" if config.is_file() else "<the same arguments>"
-            print(
-                f"\nStopped by {signum.name} at epoch {trainer.current_epoch}, global step {trainer.global_step}. "
-                f"Saved a resumable checkpoint (mid-epoch position included): {path}\n"
-                f"Resume with: module14 fit {arguments} --ckpt_path {path}",
-                file=sys.stderr, flush=True,
-            )
-
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self._training = False
-
-    @staticmethod
-    def _save(trainer: L.Trainer) -> str:
-        callbacks = trainer.checkpoint_callbacks
-        for callback in callbacks:
-            if isinstance(callback, RunCheckpoint) and callback.save_last:
-                return callback.save_latest(trainer)
-        folder = getattr(callbacks[0], "dirpath", None) if callbacks else None
-        path = str(Path(folder or trainer.default_root_dir) / "interrupted.ckpt")
-        trainer.save_checkpoint(path)
-        return path
