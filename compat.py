@@ -43,6 +43,12 @@ class ParserBeforeValidation(LightningArgumentParser):
         return super()._parse_common(cfg, *args, **kwargs)
 
 
+def option_strings(parser: LightningArgumentParser) -> list[str]:
+    """Every option string ``parser`` accepts (``--trainer.max_epochs``, ...), to name the nearest to a mistyped one.
+    Relies on argparse's private ``ArgumentParser._option_string_actions``; no public API lists them."""
+    return list(parser._option_string_actions)
+
+
 # --- LightningCLI ---------------------------------------------------------------------------------------------------
 class _LinkFilteringInstantiator(_InstantiatorFn):
     """Lightning's model/datamodule instantiator (it records the config and the applied instantiation links as the

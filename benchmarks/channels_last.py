@@ -3,7 +3,7 @@
     python benchmarks/channels_last.py [--rounds 3] [--steps 5] [--cases unet dcgan dcgan_cifar10 ...]
 
 For each case, the config's LightningModule is built through the real CLI and trained by a real Trainer on its real
-data (``training.precision.train_step_seconds``) with ``channels_last: false`` (NCHW, PyTorch's default) and
+data (``benchmarks.harness.train_step_seconds``) with ``channels_last: false`` (NCHW, PyTorch's default) and
 ``true`` (every 4-D weight in NHWC; a conv then writes NHWC outputs, so the layout carries through the network: see
 ``training/memory_format.py``), whatever the config says. Both layouts alternate round by round in one
 process, in fp32 and, where this CPU has native bf16, in bf16-mixed; a round's figure is the median of its steps after
@@ -50,7 +50,7 @@ def sampling_seconds(net: torch.nn.Module, shape: tuple[int, ...], bf16: bool, c
 
 
 def measure(case: str, precisions: list[str], rounds: int, steps: int, bf16: bool) -> list[dict]:
-    from training.precision import train_step_seconds
+    from benchmarks.harness import train_step_seconds
 
     config, overrides = CASES[case]
     clis = {layout: build(config, [*overrides, f"--model.init_args.channels_last={str(on).lower()}"], False, "32-true")

@@ -4,7 +4,7 @@
 
 Each case is a CPU-sized config built through the real CLI (fp32 unless ``--precision bf16-mixed``, which only a CPU
 with native bf16 runs at speed: ``benchmarks/precision.py``) and trained by a real Trainer on its real data
-(``training.precision.train_step_seconds``); the ViT with dropout 0 (its config) and 0.1 (the guide's
+(``benchmarks.harness.train_step_seconds``); the ViT with dropout 0 (its config) and 0.1 (the guide's
 default, attention dropout kept at 0), the latter with module14's ``Dropout`` (networks/dropout.py) and with
 ``nn.Dropout``. A case's eager and compiled copies (of every variant) alternate round by round in one process, so a
 change in machine load hits all of them; a round's step time is the median of its steps after the first, and the table
@@ -71,7 +71,7 @@ def use_torch_dropout(model) -> None:
 
 def measure(case: str, steps: int, rounds: int, precision: str) -> dict[str, dict[str, float]]:
     """Per variant: median eager and compiled ms/step over interleaved rounds, and the first compilation's seconds."""
-    from training.precision import train_step_seconds
+    from benchmarks.harness import train_step_seconds
 
     config, variants = CASES[case]
     clis = {(v, mode): build(config, overrides, mode == "compiled", precision, v == TORCH_MASK)

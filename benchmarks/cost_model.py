@@ -58,7 +58,7 @@ def step_gflop(cli) -> float:
     """Matmul/conv/attention GFLOP of one training step (forward and backward)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from training.precision import train_step_seconds
+    from benchmarks.harness import train_step_seconds
 
     with FlopCounterMode(display=False) as counter:
         train_step_seconds(cli.model, cli.datamodule, "32-true", 1)
@@ -66,7 +66,7 @@ def step_gflop(cli) -> float:
 
 
 def measure(config: str, batch: int, image: int, steps: int) -> dict[str, float]:
-    from training.precision import time_train_steps
+    from benchmarks.harness import time_train_steps
 
     cli = build(config, batch, image)
     gflop = step_gflop(cli)

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.compile_speedup import build  # noqa: E402
 from benchmarks.machine import machine_line, use_project_defaults  # noqa: E402
-from training.precision import train_step_seconds  # noqa: E402
+from benchmarks.harness import train_step_seconds  # noqa: E402
 
 CONFIGS = {
     "vit_mnist": ["configs/vit_mnist.yaml"],

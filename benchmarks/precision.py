@@ -1,10 +1,12 @@
-"""fp32 vs bf16-mixed train-step time per family on this machine, and the precision the CLI's resolver picks here.
+"""fp32 vs bf16-mixed train-step time of every experiment config on this machine, and the precision module14's rule
+gives each here (``training/precision.py``): the rule must not pick the slower one by more than its margin.
 
-    python benchmarks/precision.py [--steps 6] [--rounds 3] [--families vit vae gan diffusion]
+    python benchmarks/precision.py [--steps 4] [--rounds 3] [--configs vit_mnist dcgan_mnist ...]
 
-Each family is built from its CPU-sized config through the real CLI and trained by a real Trainer on its real data;
+Each config is built through the real CLI and trained by a real Trainer on its real data (batch size as configured);
 the two precisions alternate round by round in one process (so a change in machine load hits both), and the median
-of each round's best step time (after a warm-up step) is reported. The resolver must pick the faster precision.
+of each round's best step time (after a warm-up step) is reported. The GPU-sized configs (ddpm_cifar10,
+ddpm_celeba) take minutes per round on a CPU.
 """
 
 from __future__ import annotations
@@ -19,46 +21,42 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import machine_line, use_project_defaults  # noqa: E402
 
-FAMILIES = {  # CPU-sized configs, one per family
-    "vit": "configs/vit_mnist.yaml",
-    "vae": "configs/vae_cifar10.yaml",
-    "gan": "configs/dcgan_mnist.yaml",
-    "diffusion": "configs/ddpm_mnist.yaml",
-}
 PRECISIONS = ("32-true", "bf16-mixed")
+CONFIGS = sorted(path.stem for path in (ROOT / "configs").glob("*.yaml") if path.stem != "base")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=6, help="train steps per precision per round")
+    parser.add_argument("--steps", type=int, default=4, help="train steps per precision per round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
+    parser.add_argument("--configs", nargs="+", default=CONFIGS, choices=CONFIGS)
     args = parser.parse_args()
     use_project_defaults()
     from cli import build_cli
-    from training.precision import PROBE_MARGIN, probe_cpu_precision, resolve_precision, time_train_steps
+    from benchmarks.harness import time_train_steps
+    from training.precision import MARGIN
 
-    hardware_choice, reason = resolve_precision("cpu")
     print(machine_line())
-    print(f"resolver: {hardware_choice or 'per model'} ({reason})\n")
-    print("| family | config | fp32 ms/step | bf16-mixed ms/step | bf16 speed-up | faster | resolver |")
-    print("|---|---|---|---|---|---|---|")
-    for family in args.families:
-        config = str(ROOT / FAMILIES[family])
+    print("| config | family | fp32 ms/step | bf16-mixed ms/step | bf16 speed-up | faster | rule | verdict |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in args.configs:
         # Step times do not depend on which images: a partial CIFAR-10 copy (e.g. ../shared/data) is fine here.
-        cli = build_cli(["--config", config, "--trainer.logger=false", "--data.num_workers=0",
-                         "--data.init_args.verify_integrity=false", "--trainer.precision=32-true"], run=False)
+        cli = build_cli(["--config", str(ROOT / "configs" / f"{name}.yaml"), "--trainer.logger=false",
+                         "--data.num_workers=0", "--data.init_args.verify_integrity=false",
+                         "--trainer.accelerator=cpu"], run=False)
         times: dict[str, list[float]] = {p: [] for p in PRECISIONS}
         for _ in range(args.rounds):
             for precision in PRECISIONS:
                 times[precision].append(time_train_steps(cli.model, cli.datamodule, precision, args.steps))
         fp32, bf16 = (statistics.median(times[p]) * 1e3 for p in PRECISIONS)
-        picked = hardware_choice or probe_cpu_precision(cli.model, cli.datamodule)[0]
+        picked = cli.trainer.precision
         faster = "32-true" if fp32 <= bf16 else "bf16-mixed"
-        close = max(fp32, bf16) / min(fp32, bf16) < PROBE_MARGIN  # within the margin, exact fp32 is kept
-        verdict = "ok" if faster == picked or (close and picked == "32-true") else "WRONG"
-        print(f"| {family} | {FAMILIES[family]} | {fp32:.0f} | {bf16:.0f} | {fp32 / bf16:.2f}x | {faster} | "
-              f"{picked} ({verdict}) |", flush=True)
+        picked_ms = {"32-true": fp32, "bf16-mixed": bf16}[picked]
+        verdict = "ok" if picked_ms <= MARGIN * min(fp32, bf16) else "SLOWER"
+        family = type(cli.model).__name__ + (f" ({cli.model.hparams.architecture})"
+                                             if "architecture" in cli.model.hparams else "")
+        print(f"| {name} | {family} | {fp32:.0f} | {bf16:.0f} | {fp32 / bf16:.2f}x | {faster} | {picked} | "
+              f"{verdict} |", flush=True)
 
 
 if __name__ == "__main__":

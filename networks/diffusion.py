@@ -18,6 +18,7 @@ the arithmetic is float32 even under autocast.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Callable, Literal
 
 import torch
@@ -238,7 +239,7 @@ class GaussianDiffusion(nn.Module):
         The result is clamped to the data range.
 
         Returns the images, and with ``trajectory=True`` also the predicted x_0 after every step. The model runs in
-        eval mode and is put back in the mode it was in. ``progress`` (default: for runs over 100 steps) shows a bar.
+        eval mode and is put back in the mode it was in. ``progress`` (default: for runs over 100 steps, in a terminal) shows a bar.
         """
         device = device if device is not None else self.betas.device
         x = noise if noise is not None else torch.randn(shape, generator=generator, device=device)
@@ -253,7 +254,7 @@ class GaussianDiffusion(nn.Module):
             steps = self.ddim_timesteps(self.num_timesteps if num_steps is None else num_steps)
         else:
             raise ValueError(f"sampler={sampler!r}: use 'ddpm', 'ddim' or 'dpm_solver'.")
-        progress = len(steps) > 100 if progress is None else progress
+        progress = len(steps) > 100 and sys.stderr.isatty() if progress is None else progress  # no bar in a log file
 
         was_training = model.training
         model.eval()

@@ -126,6 +126,7 @@ def run_cli(tmp_path, monkeypatch):
     ``--trainer.precision`` (``=null`` for the resolver).
     """
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["module14"])  # what the args stand for (not pytest's own arguments)
 
     def run(*args: str, run: bool = True):
         """``run=False`` instantiates without running (then args omit the subcommand)."""

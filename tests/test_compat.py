@@ -84,6 +84,12 @@ def test_parser_hook_runs_before_validation():
 
 
 # --- LightningCLI ---------------------------------------------------------------------------------------------------
+def test_option_strings_lists_what_the_parser_accepts():
+    parser = compat.ParserBeforeValidation(exit_on_error=False)
+    parser.add_argument("--trainer.max_epochs", type=int)
+    assert {"--trainer.max_epochs", "-h", "--help"} <= set(compat.option_strings(parser))
+
+
 def test_cli_merges_the_checkpoint_config_after_parsing_and_before_instantiating(tmp_path):
     """``_parse_ckpt_path``: run by ``__init__`` before ``before_instantiate_classes``; the default is Lightning's."""
     checkpoint = tmp_path / "tiny.ckpt"

@@ -85,15 +85,3 @@ def test_compiled_gan_checkpoint_resumes_eagerly_and_loads_back_into_a_compiled_
     model.eval(), resumed.model.eval()
     torch.testing.assert_close(model.from_noise(z, model.generator), resumed.model.from_noise(z, resumed.model.generator),
                                rtol=1e-4, atol=1e-5)
-
-
-def test_precision_null_is_not_timed_with_compile(run_cli, monkeypatch, capsys):
-    """On a native-bf16 CPU ``precision: null`` times two copies of the model; compiled, each would compile itself."""
-    from training import precision as resolver
-
-    monkeypatch.setattr(resolver, "cpu_has_native_bf16", lambda: True)
-    monkeypatch.setattr(resolver, "time_train_steps", lambda *a, **k: pytest.fail("timed a compiled model"))
-    cli = run_cli("fit", "--config", "configs/vit_mnist.yaml", *TINY_VIT, *CSV_LOGGER, "--model.compile=true",
-                  "--trainer.precision=null", run=False)
-    assert cli.trainer.precision == "32-true"
-    assert "not timed with compile: true" in capsys.readouterr().err

@@ -5,6 +5,7 @@ in a new process, outputs you can find, one W&B run per experiment, quiet output
 from __future__ import annotations
 
 import re
+import subprocess
 import shutil
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import yaml
 from conftest import DATA_DIR, ROOT, TINY_UNET, TINY_VIT, module14
 from PIL import Image
 
-from cli import CheckpointError, typed_model_args
+from command_line.checkpoints import CheckpointError, typed_model_args
 from training.runs import RunNotFoundError
 
 CONFIG = "configs/ddpm_mnist.yaml"
@@ -37,7 +38,7 @@ def ddpm_run(tmp_path_factory):
     """One fit of the tiny DDPM (2 batches, 1 epoch, W&B offline with log_model): (folder, fit's CompletedProcess)."""
     folder = tmp_path_factory.mktemp("ddpm_run")
     fit = module14("fit", *DDPM_T10, "--trainer.limit_train_batches=2", "--trainer.max_epochs=1",
-                   "--trainer.logger.init_args.log_model=true", cwd=folder)
+                   "--trainer.logger.init_args.log_model=true", "--data.init_args.predict_size=4", cwd=folder)
     return folder, ok(fit)
 
 
@@ -112,9 +113,23 @@ def test_fit_says_where_its_files_are_quietly(ddpm_run):
     assert f"module14: last checkpoint: {run / 'checkpoints/last.ckpt'}" in fit.stderr
     assert f"module14: best checkpoint: {run / 'checkpoints'}/epoch000-" in fit.stderr
     (wandb_run,) = folder.glob(f"runs/wandb/offline-run-*-{run.name}")
-    assert f"module14: W&B run folder:  {wandb_run}" in fit.stderr
+    assert f"module14: W&B run (offline): {wandb_run}; upload it with: wandb sync {wandb_run}" in fit.stderr
     assert sorted(p.name for p in (run / "images").iterdir()) == ["epoch000_samples.png", "epoch000_trajectory.png"]
     assert not [noise for noise in NOISE if noise in fit.stderr + fit.stdout]
+
+
+def test_the_commands_fit_prints_run_as_typed_in_a_new_shell(ddpm_run, tmp_path):
+    """``test it:`` and ``predict with it:`` name the run's config and best checkpoint; pasted into a new shell (here,
+    one whose PATH lacks the environment module14 is installed in) they run."""
+    folder, fit = ddpm_run
+    commands = dict(re.findall(r"^module14: (test it|predict with it): +(.+)$", fit.stderr, flags=re.MULTILINE))
+    assert set(commands) == {"test it", "predict with it"}
+    best = next((last_checkpoint(folder).parent).glob("epoch000-*.ckpt"))
+    for command in commands.values():
+        assert command.endswith(f"--ckpt_path {best}")
+        done = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert list((tmp_path / "outputs").glob("*/*/grid.png"))
 
 
 def test_resume_continues_the_w_and_b_run_and_run_folder_and_predict_joins_its_group(ddpm_run, tmp_path):
@@ -153,11 +168,11 @@ def test_typed_model_args_reads_flags_later_configs_and_model_yaml(tmp_path):
 
 
 def test_inference_args_are_init_args_of_their_module():
-    from cli import _init_parameters
+    from command_line.parser import init_parameters
     from lightning_modules import BetaVAEModule, DiffusionModule, GANModule, VAEModule, ViTClassifier
 
     for module in (BetaVAEModule, DiffusionModule, GANModule, VAEModule, ViTClassifier):
-        assert module.inference_args <= _init_parameters(module), module.__name__
+        assert module.inference_args <= init_parameters(module), module.__name__
 
 
 # A tiny ViT for two training steps, through the console script: enough to see that the run happened.

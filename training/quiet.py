@@ -1,16 +1,19 @@
 """Quiet by default: the one place where known noise from the libraries is filtered, so what remains is actionable.
 
-``filter_known_noise`` (called by ``cli.build_cli``) drops warnings and notices a module14 user can do nothing about:
+``filter_known_noise`` (called by ``build_cli``) drops warnings and notices a module14 user can do nothing about:
 deprecations inside torchdata and Lightning, Lightning's advertising tips, notices that restate what the CLI already
-says (the AMP precision: ``module14: precision ...`` says it and why) and Lightning notices repeated by the precision
-probe's extra trainers. Two W&B warnings are prevented at their cause instead, where the W&B run is set up
-(``training.runs.join_wandb_run``): "The anonymous setting has no effect" and "git root ... does not exist".
+says (the AMP precision: ``module14: precision ...`` says it and why; "no best checkpoint": fit's summary says it)
+and Lightning notices repeated by extra trainers in one process (benchmarks). Every warning that remains is one line
+(``one_line_warning``). W&B is silent in offline mode (fit's summary says where the run is and how to sync it), and
+two W&B warnings are prevented at their cause, where the W&B run is set up (``training.runs.join_wandb_run``): "The
+anonymous setting has no effect" and "git root ... does not exist".
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
+from pathlib import Path
 
 # Python warnings (message regexes): none of them is about the user's code or config.
 NOISE_WARNINGS = (
@@ -22,6 +25,8 @@ NOISE_WARNINGS = (
     # into a new W&B run (so a new folder) that saves nothing (training.runs.join_wandb_run).
     r"Checkpoint directory .* exists and is not empty",
     r"The dirpath has changed from",
+    # A fit that stops before its first validation: fit's summary says there is no best checkpoint yet, and why.
+    r"`ModelCheckpoint\(monitor=.*\)` could not find the monitored key",
 )
 # Lightning's info notices (logger ``lightning.*.rank_zero``), matched at the start of the message.
 NOISE_NOTICES = (
@@ -35,7 +40,7 @@ LIGHTNING_NOTICE_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.
 
 class LightningNoticeFilter(logging.Filter):
     """Drops Lightning's known noise notices, and any notice already shown once in this process ("GPU available: ..."
-    is printed again by every trainer the precision probe builds)."""
+    is printed again by every trainer a benchmark builds)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -49,8 +54,16 @@ class LightningNoticeFilter(logging.Filter):
         return True
 
 
+def one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                     line: str | None = None) -> str:
+    """A warning as one line, ``warning: <message> (<category>, <file>:<line>)``, instead of Python's two (the full
+    path of the file, then its source line)."""
+    return f"warning: {message} ({category.__name__}, {Path(filename).name}:{lineno})\n"
+
+
 def filter_known_noise() -> None:
-    """Install the filters (idempotent: calling it again adds nothing)."""
+    """Install the filters and the one-line warning format (idempotent: calling it again adds nothing)."""
+    warnings.formatwarning = one_line_warning
     for pattern in NOISE_WARNINGS:
         warnings.filterwarnings("ignore", message=f".*{pattern}")
     for name in LIGHTNING_NOTICE_LOGGERS:

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
+import shutil
 import string
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -74,9 +77,10 @@ def run_checkpoint(which: str, search_root: str | Path, model_class: str, logger
         best = state.get("best_model_path") if isinstance(state, dict) else None
         if best and (last.parent / Path(best).name).is_file():
             return str(last.parent / Path(best).name)
+    step = checkpoint.get("global_step", "?")
     raise RunNotFoundError(
-        f"--ckpt_path best: the newest run of this experiment ({last.parent}) recorded no best checkpoint (no "
-        f"monitored metric was logged yet). Use --ckpt_path last or a checkpoint file."
+        f"--ckpt_path best: the newest run of this experiment stopped at step {step}, before its first validation, so "
+        f"it has no best checkpoint yet; use --ckpt_path last (that run's {last})."
     )
 
 
@@ -156,25 +160,49 @@ def join_wandb_run(loggers: list[Logger], recorded: dict | None, job_type: str) 
         init["job_type"] = job_type
 
 
+def module14_command() -> str:
+    """How to call module14 from a new shell: ``module14`` when that name on ``PATH`` is this installation's console
+    script, else the console script's absolute path (its environment is not activated), else ``python cli.py``."""
+    script = Path(sys.argv[0]) if Path(sys.argv[0]).name == "module14" else Path(sys.executable).with_name("module14")
+    if script.is_file():
+        on_path = shutil.which("module14")
+        return "module14" if on_path and Path(on_path).resolve() == script.resolve() else shlex.quote(str(script.resolve()))
+    return f"{shlex.quote(sys.executable)} {shlex.quote(str(Path(__file__).resolve().parents[1] / 'cli.py'))}"
+
+
 def run_summary(trainer: L.Trainer) -> str:
-    """Where a finished ``fit`` left its files: run folder, best and last checkpoints, W&B run folder (one per line)."""
+    """Where a finished ``fit`` left its files (run folder, best and last checkpoints, W&B run) and the commands that
+    use them, one per line."""
     if trainer.fast_dev_run:
         return "module14: fast_dev_run: no checkpoints or logs were written"
     lines = []
     checkpoint = trainer.checkpoint_callback
     if isinstance(checkpoint, ModelCheckpoint) and checkpoint.dirpath:
         lines.append(f"run folder:      {Path(checkpoint.dirpath).parent.resolve()}")
-        lines.append(f"best checkpoint: {_resolved(checkpoint.best_model_path)}")
-        lines.append(f"last checkpoint: {_resolved(checkpoint.last_model_path)}")
+        best = _resolved(checkpoint.best_model_path)
+        if not best and checkpoint.monitor:
+            best = (f"none yet: {checkpoint.monitor} is measured at validation, which this run did not reach (it "
+                    f"stopped at step {trainer.global_step}); use the last checkpoint")
+        lines.append(f"best checkpoint: {best or 'none written'}")
+        lines.append(f"last checkpoint: {_resolved(checkpoint.last_model_path) or 'none written'}")
     else:
         lines.append("checkpoints:     none (no checkpoint callback)")
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger) and wandb_run_started(logger) and getattr(logger.experiment, "dir", None):
             folder = Path(logger.experiment.dir).parent.resolve()
-            offline = " (offline: upload with `wandb sync <folder>`)" if folder.name.startswith("offline-") else ""
-            lines.append(f"W&B run folder:  {folder}{offline}")
+            if folder.name.startswith("offline-"):
+                lines.append(f"W&B run (offline): {folder}; upload it with: wandb sync {shlex.quote(str(folder))}")
+            else:
+                lines.append(f"W&B run:         {logger.experiment.url or folder}")
+    use = _resolved(checkpoint.best_model_path) or _resolved(checkpoint.last_model_path) \
+        if isinstance(checkpoint, ModelCheckpoint) else ""
+    config = Path(use).parent / "config.yaml" if use else None
+    if config is not None and config.is_file():
+        command = f"{module14_command()} {{}} --config {shlex.quote(str(config))} --ckpt_path {shlex.quote(use)}"
+        lines.append(f"test it:         {command.format('test')}")
+        lines.append(f"predict with it: {command.format('predict')}")
     return "\n".join(f"module14: {line}" for line in lines)
 
 
 def _resolved(path: str) -> str:
-    return str(Path(path).resolve()) if path else "none written"
+    return str(Path(path).resolve()) if path else ""

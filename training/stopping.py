@@ -27,6 +27,7 @@ signal to the trainer alone:
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -43,7 +44,7 @@ from torch import Tensor
 
 from compat import requeue_signal, set_stop_after_this_batch
 from training.checkpointing import RunCheckpoint, is_local_path
-from training.runs import slurm_job_id
+from training.runs import module14_command, slurm_job_id
 
 # What stops a run: Ctrl-C, a scheduler's or `kill`'s SIGTERM, a closed terminal.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -209,7 +210,7 @@ class SaveOnSignal(Callback):
             return
         path = os.path.abspath(path) if is_local_path(path) else path
         config = Path(path).parent / "config.yaml"
-        arguments = f"--config {config}" if config.is_file() else "<the same arguments>"
+        arguments = f"--config {shlex.quote(str(config))}" if config.is_file() else "<the same arguments>"
         print(
             f"\nmodule14: stopped by {name} at epoch {trainer.current_epoch}, global step {trainer.global_step}. "
             f"Saved a resumable checkpoint (mid-epoch position included): {path}",
@@ -218,7 +219,8 @@ class SaveOnSignal(Callback):
         if self.requeue:
             print(f"module14: {requeue_slurm_job()}", file=sys.stderr, flush=True)
         else:
-            print(f"Resume with: module14 fit {arguments} --ckpt_path {path}", file=sys.stderr, flush=True)
+            print(f"Resume with: {module14_command()} fit {arguments} --ckpt_path {shlex.quote(path)}", file=sys.stderr,
+                  flush=True)
 
     @staticmethod
     def _save(trainer: L.Trainer) -> str:
