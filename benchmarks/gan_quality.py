@@ -38,7 +38,7 @@ def real_images(datamodule: MNISTDataModule, split: str, n: int) -> torch.Tensor
 @torch.no_grad()
 def generated(model: GANModule, network: torch.nn.Module, n: int, batch: int = 250) -> torch.Tensor:
     rng = torch.Generator().manual_seed(1234)
-    return torch.cat([model.from_noise(model.noise(min(batch, n - i), rng), network) for i in range(0, n, batch)])
+    return torch.cat([model.from_noise(model.latent(min(batch, n - i), rng), network) for i in range(0, n, batch)])
 
 
 @torch.no_grad()

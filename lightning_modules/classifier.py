@@ -4,21 +4,18 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from training.compiling import compile_networks
-from training.optim import (
-    decay_groups, fused_adam, keep_state_in_parameter_layout, total_training_steps, warmup_cosine,
-)
+from lightning_modules.base import FamilyModule
 from networks.vit import VisionTransformer
+from training.optim import total_training_steps, warmup_cosine
 
 
-class ViTClassifier(L.LightningModule):
+class ViTClassifier(FamilyModule):
     """Vision Transformer trained with cross-entropy.
 
     ``image_shape``, ``num_classes`` and ``normalization_mean_std`` come from the datamodule when run through the CLI.
@@ -38,7 +35,6 @@ class ViTClassifier(L.LightningModule):
             ``num_heads``, ``mlp_ratio``, ``dropout``, ``attn_dropout``); the CLI offers them as ``--model.init_args.*``.
     """
 
-    inference_args: ClassVar[frozenset[str]] = frozenset()  # every argument shapes the trained model (see cli.py)
     # On a CPU with native bf16 (benchmarks/precision.py): vit_mnist 55 ms fp32 vs 108 bf16, vit_cifar10 1296 vs 1229.
     precision_on_bf16_cpu: ClassVar[str] = "32-true"
 
@@ -77,10 +73,6 @@ class ViTClassifier(L.LightningModule):
         self.test_metrics = self.train_metrics.clone(prefix="test/")
         self.example_input_array = torch.zeros(2, *image_shape)
 
-    def configure_model(self) -> None:
-        if self.hparams.compile:
-            compile_networks(self.net)
-
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)  # (B, num_classes) logits
 
@@ -108,8 +100,7 @@ class ViTClassifier(L.LightningModule):
         return {"pred": probs.argmax(dim=-1), "probs": probs, "label": y}
 
     def configure_optimizers(self):
-        optimizer = keep_state_in_parameter_layout(torch.optim.AdamW(
-            decay_groups(self.net, self.hparams.weight_decay), lr=self.hparams.lr, fused=fused_adam(self.trainer)))
+        optimizer = self.adam(self.net, self.hparams.lr, weight_decay=self.hparams.weight_decay)
         total = total_training_steps(self.trainer)
         scheduler = warmup_cosine(optimizer, round(self.hparams.warmup_fraction * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -3,29 +3,23 @@ with the ancestral DDPM, DDIM (Song et al. 2021) or DPM-Solver++ (Lu et al. 2022
 
 from __future__ import annotations
 
-import contextlib
 from typing import ClassVar, get_args
 
-import lightning as L
 import torch
 from torch import Tensor
-from torch.optim.lr_scheduler import LambdaLR
 
 from datamodules import VALUE_RANGES
-from training.compiling import compile_networks
+from lightning_modules.base import GenerativeModule
 from lightning_modules.ema import EMA
 from lightning_modules.images import require_value_range, to_unit_range
-from training.memory_format import use_channels_last
-from training.optim import decay_groups, fused_adam, keep_state_in_parameter_layout
-from training.rng import seeded_generator
 from networks.diffusion import DDPMVariance, GaussianDiffusion, Prediction, Sampler, Schedule
 from networks.unet import SimpleUNet
+from training.optim import warmup_constant
 
-_PREDICT_STREAM = 1  # keys of the seeded noise streams (see training/rng.py)
 DEFAULT_STEPS = {"ddim": 50, "dpm_solver": 20}  # when sampling_steps is null (capped at T); DDPM takes all T
 
 
-class DiffusionModule(L.LightningModule):
+class DiffusionModule(GenerativeModule):
     """Denoising diffusion (Ho et al., 2020): random t per image, MSE on the network's prediction, EMA for sampling.
 
     The EMA copy (``self.ema.module``) is what validation, ``sample_images`` grids and ``predict`` use; it is saved in
@@ -56,7 +50,6 @@ class DiffusionModule(L.LightningModule):
             ``--model.init_args.*``.
     """
 
-    # Chosen at inference time: with --ckpt_path a typed value wins over the checkpoint's (see cli.py).
     inference_args: ClassVar[frozenset[str]] = frozenset({
         "sampler", "sampling_steps", "ddim_eta", "ddpm_variance", "noise_seed", "trajectory_grid",
     })
@@ -121,12 +114,6 @@ class DiffusionModule(L.LightningModule):
         T = self.hparams.num_timesteps
         return T if sampler == "ddpm" else min(DEFAULT_STEPS[sampler], T)
 
-    def configure_model(self) -> None:
-        if self.hparams.channels_last:
-            use_channels_last(self)
-        if self.hparams.compile:
-            compile_networks(self.net)
-
     def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
         return self.net(x_t, t)
 
@@ -138,31 +125,15 @@ class DiffusionModule(L.LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         return loss
 
-    def optimizer_step(self, *args, **kwargs) -> None:
-        super().optimizer_step(*args, **kwargs)
-        self.ema.update(self.net)
-
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        if gradient_clip_val is not None:
-            raise ValueError(
-                "DiffusionModule clips gradients itself: set model.init_args.grad_clip_norm instead of "
-                "trainer.gradient_clip_val."
-            )
-        if self.hparams.grad_clip_norm:
-            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip_norm, gradient_clip_algorithm="norm")
-
     def configure_optimizers(self):
-        optimizer = keep_state_in_parameter_layout(torch.optim.AdamW(
-            decay_groups(self.net, self.hparams.weight_decay), lr=self.hparams.lr,
-            fused=fused_adam(self.trainer, self.hparams.grad_clip_norm)))
-        warmup = max(1, self.hparams.warmup_steps)
-        scheduler = LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        optimizer = self.adam(self.net, self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        scheduler = warmup_constant(optimizer, self.hparams.warmup_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------------------------------- validation
     def _eval_loss(self, x0: Tensor, batch_idx: int) -> Tensor:
         """EMA network's loss with t and noise drawn from a per-batch seed: comparable across epochs."""
-        g = seeded_generator(x0.device, self.hparams.noise_seed, batch_idx)
+        g = self.noise(batch_idx)
         t = torch.randint(0, self.diffusion.num_timesteps, (x0.shape[0],), device=x0.device, generator=g)
         noise = torch.randn(x0.shape, device=x0.device, generator=g)
         return self.diffusion.loss(self.ema.module, x0, t, noise)
@@ -174,26 +145,12 @@ class DiffusionModule(L.LightningModule):
         self.log("test/loss", self._eval_loss(batch[0], batch_idx), on_epoch=True, sync_dist=True)
 
     # --------------------------------------------------------------------------------------------- sampling
-    def _autocast(self):
-        """The trainer's precision context (e.g. bf16 autocast) for sampling outside the training/predict steps; none
-        for a model not attached to a trainer (loaded to sample: the caller's autocast, if any, applies)."""
-        try:
-            trainer = self.trainer
-        except RuntimeError:  # Lightning: "... is not attached to a `Trainer`"
-            return contextlib.nullcontext()
-        return trainer.precision_plugin.forward_context()
-
-    @torch.no_grad()
-    def generate(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """``n`` images in [0, 1] from the EMA network with the configured sampler, steps and η."""
-        return self.sample(n, generator)
-
     @torch.no_grad()
     def sample(
         self, n: int, generator: torch.Generator | None = None, sampler: Sampler | None = None,
         num_steps: int | None = None, eta: float | None = None,
     ) -> Tensor:
-        """``n`` images in [0, 1] from the EMA network with another sampler, steps or η than the configured ones."""
+        """``n`` images in [0, 1] from the EMA network with the configured sampler, steps and η, or others."""
         return self._sample(n, generator, sampler, num_steps, eta)
 
     @torch.no_grad()
@@ -209,7 +166,7 @@ class DiffusionModule(L.LightningModule):
         sampler = sampler or self.hparams.sampler
         if sampler != "ddpm" and num_steps is None:  # the configured steps, or the sampler's default
             num_steps = self.sampling_steps if sampler == self.hparams.sampler else self._default_steps(sampler)
-        with self._autocast():
+        with self.sampling_precision():
             out = self.diffusion.sample(
                 self.ema.module, (n, *self.hparams.image_shape), sampler=sampler, num_steps=num_steps,
                 eta=self.hparams.ddim_eta if eta is None else eta, variance=self.hparams.ddpm_variance,
@@ -223,14 +180,9 @@ class DiffusionModule(L.LightningModule):
     def sample_images(self, images: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         """Grids for ``ImageSampler``: samples from fixed noise, and optionally x̂_0 along the trajectory."""
         if not self.hparams.trajectory_grid:
-            return {"samples": self.generate(len(images), generator)}
+            return super().sample_images(images, generator)
         samples, path = self.sample_trajectory(len(images), generator)
         columns = torch.linspace(0, len(path) - 1, min(10, len(path))).round().long().tolist()
         rows = min(8, len(images))
         trajectory = torch.stack([path[i][:rows] for i in columns], dim=1)  # (rows, cols, C, H, W)
         return {"samples": samples, "trajectory": trajectory}
-
-    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        """One generated image per item of the batch (its pixels are ignored), in [0, 1]."""
-        generator = seeded_generator(self.device, self.hparams.noise_seed, self.global_rank, _PREDICT_STREAM, batch_idx)
-        return self.generate(len(batch[0]), generator)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-import lightning as L
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -18,19 +17,16 @@ from torch import Tensor
 
 from compat import ddp_kwargs
 from datamodules import VALUE_RANGES
-from training.compiling import compile_networks
+from lightning_modules.base import PREDICT, GenerativeModule
 from lightning_modules.ema import EMA
 from lightning_modules.images import require_value_range, to_unit_range
-from training.memory_format import use_channels_last
-from training.optim import fused_adam, keep_state_in_parameter_layout
-from training.rng import seeded_generator
 from networks.gan import DCGANDiscriminator, DCGANGenerator, Discriminator, Generator
 
-# Noise streams (part of the seed of each torch.Generator).
-_FIT, _VAL, _PREDICT, _TEST = 0, 1, 2, 3
+# Noise streams (part of the seed of each torch.Generator; predict's is the base class's).
+_FIT, _VAL, _TEST = 0, 1, 3
 
 
-class GANModule(L.LightningModule):
+class GANModule(GenerativeModule):
     """MLP GAN or DCGAN trained with two Adam optimisers and manual optimisation.
 
     ``image_shape`` and ``value_range`` come from the datamodule when run through the CLI; the data must be in
@@ -58,8 +54,6 @@ class GANModule(L.LightningModule):
             ``training/memory_format.py``; on in the DCGAN configs).
     """
 
-    # Chosen at inference time: with --ckpt_path a typed value wins over the checkpoint's (see cli.py).
-    inference_args: ClassVar[frozenset[str]] = frozenset({"noise_seed"})
     # On a CPU with native bf16 (benchmarks/precision.py): bf16-mixed 1.38-1.70x faster (gan_mnist, the DCGANs).
     precision_on_bf16_cpu: ClassVar[str] = "bf16-mixed"
 
@@ -91,9 +85,6 @@ class GANModule(L.LightningModule):
             raise ValueError(f"model.grad_clip_norm={grad_clip_norm} must be positive (or null for no clipping).")
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise ValueError(f"model.ema_decay={ema_decay} must be in (0, 1) (or null for no EMA).")
-        if channels_last and architecture == "mlp":
-            raise ValueError("model.channels_last=true lays out convolutions, and the MLP GAN has none: set "
-                             "model.init_args.channels_last: false, or architecture: dcgan.")
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.image_shape = tuple(image_shape)
@@ -112,13 +103,20 @@ class GANModule(L.LightningModule):
 
         # The EMA copy is never trained: no gradients, not in any optimizer (so DDP ignores it); saved in checkpoints.
         self.ema = EMA(self.generator, ema_decay) if ema_decay is not None else None
+        self.refuse_channels_last_without_convolutions()
+
+    def trained_networks(self) -> list[nn.Module]:
+        return [self.generator, self.discriminator]
+
+    def ema_source(self) -> nn.Module:
+        return self.generator
 
     # ------------------------------------------------------------------------------------------------ sampling
     def _rng(self, stream: int, *key: int) -> torch.Generator:
         """A generator seeded from (noise_seed, rank, stream, *key): reproducible, and different on every rank."""
-        return seeded_generator(self.device, self.hparams.noise_seed, self.global_rank, stream, *key)
+        return self.noise(self.global_rank, stream, *key)
 
-    def noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def latent(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         return torch.randn(n, self.hparams.latent_dim, device=self.device, generator=generator)  # (n, latent_dim)
 
     def from_noise(self, z: Tensor, network: nn.Module) -> Tensor:
@@ -130,26 +128,19 @@ class GANModule(L.LightningModule):
         """The EMA generator when ``ema_decay`` is set, else the trained one."""
         return self.ema.module if self.ema is not None else self.generator
 
-    @torch.no_grad()
-    def generate(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` images (n, C, H, W) in [0, 1] from the sampling generator (EMA when on), noise from ``generator``."""
-        return to_unit_range(self.from_noise(self.noise(n, generator), self.sampling_generator), self.value_range)
+        return to_unit_range(self.from_noise(self.latent(n, generator), self.sampling_generator), self.value_range)
 
     def sample_images(self, images: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         """Fixed-noise samples for ``ImageSampler`` (one per given image), in [0, 1]."""
-        z = self.noise(images.size(0), generator)
+        z = self.latent(images.size(0), generator)
         panels = {"generator": to_unit_range(self.from_noise(z, self.generator), self.value_range)}
         if self.ema is not None:
             panels["generator_ema"] = to_unit_range(self.from_noise(z, self.ema), self.value_range)
         return panels
 
     # ------------------------------------------------------------------------------------------------ training
-    def configure_model(self) -> None:
-        if self.hparams.channels_last:
-            use_channels_last(self)
-        if self.hparams.compile:
-            compile_networks(self.generator, self.discriminator)
-
     def setup(self, stage: str) -> None:
         strategy = self.trainer.strategy
         if isinstance(strategy, DDPStrategy) and not ddp_kwargs(strategy).get("find_unused_parameters", False):
@@ -173,7 +164,7 @@ class GANModule(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         real = batch[0]
         opt_d, opt_g = self.optimizers()
-        z = self.noise(real.size(0), self._rng(_FIT, self.current_epoch, batch_idx))
+        z = self.latent(real.size(0), self._rng(_FIT, self.current_epoch, batch_idx))
         fake = self.from_noise(z, self.generator)  # graph into G kept for the generator step
 
         with self.toggled_optimizer(opt_d):
@@ -190,20 +181,11 @@ class GANModule(L.LightningModule):
                 self.manual_backward(g_loss)
                 opt_g.step()
             self.log("train/g_loss", g_loss, prog_bar=True)
-            if self.ema is not None:
-                self.ema.update(self.generator)
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # Called inside optimizer.step(), after the 16-mixed grad scaler unscaled the gradients.
-        if self.hparams.grad_clip_norm is not None:
-            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip_norm, gradient_clip_algorithm="norm")
+            self.update_ema()  # manual optimisation: after the generator's step
 
     def configure_optimizers(self):
-        fused = fused_adam(self.trainer, self.hparams.grad_clip_norm)
-        adam = dict(lr=self.hparams.lr, betas=tuple(self.hparams.betas), fused=fused)
-        opt_d = keep_state_in_parameter_layout(torch.optim.Adam(self.discriminator.parameters(), **adam))
-        opt_g = keep_state_in_parameter_layout(torch.optim.Adam(self.generator.parameters(), **adam))
-        return [opt_d, opt_g]
+        return [self.adam(self.discriminator, self.hparams.lr, self.hparams.betas),
+                self.adam(self.generator, self.hparams.lr, self.hparams.betas)]
 
     # ----------------------------------------------------------------------------------------- validation, test
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -214,13 +196,8 @@ class GANModule(L.LightningModule):
 
     def _evaluate(self, real: Tensor, batch_idx: int, stage: str, stream: int) -> None:
         """Both losses on held-out real images against fixed noise."""
-        z = self.noise(real.size(0), self._rng(stream, batch_idx))
+        z = self.latent(real.size(0), self._rng(stream, batch_idx))
         fake = self.from_noise(z, self.generator)
         d_loss, d_real, d_fake = self._d_loss(real, fake)
         metrics = {"d_loss": d_loss, "g_loss": self._g_loss(fake), "d_real": d_real, "d_fake": d_fake}
         self.log_dict({f"{stage}/{name}": value for name, value in metrics.items()}, sync_dist=True)
-
-    # ------------------------------------------------------------------------------------------------- predict
-    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        """One generated image in [0, 1] per item of the batch (the pixels are ignored)."""
-        return self.generate(batch[0].size(0), self._rng(_PREDICT, batch_idx))

@@ -8,20 +8,18 @@ from __future__ import annotations
 import math
 from typing import ClassVar, Literal
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 
 from datamodules import VALUE_RANGES
-from training.compiling import compile_networks
+from lightning_modules.base import GenerativeModule
 from lightning_modules.images import require_value_range, to_unit_range
-from training.memory_format import use_channels_last
-from training.optim import fused_adam, keep_state_in_parameter_layout, total_training_steps, warmup_cosine
+from networks.vae import ConvVAE, GaussianLatentAutoencoder, VAE
+from training.optim import total_training_steps, warmup_cosine
 from training.rng import seeded_generator
 from training.step_logging import RunningMeans, logger_writes_this_step
-from networks.vae import ConvVAE, GaussianLatentAutoencoder, VAE
 
 TRAIN_TERMS = ("loss", "recon", "kl", "nelbo")
 LOG_2PI = math.log(2 * math.pi)
@@ -111,7 +109,7 @@ class ActiveUnits(Metric):
 
 
 # ------------------------------------------------------------------------------------------------------ module
-class VAEModule(L.LightningModule):
+class VAEModule(GenerativeModule):
     """VAE / beta-VAE trained on the negative ELBO, evaluated with ELBO, IWAE bound and bits/dim.
 
     ``image_shape`` and ``value_range`` come from the datamodule when run through the CLI.
@@ -146,7 +144,6 @@ class VAEModule(L.LightningModule):
             ``training/memory_format.py``; off in the VAE configs: 1.00-1.09x).
     """
 
-    # Chosen at inference time: with --ckpt_path a typed value wins over the checkpoint's (see cli.py).
     inference_args: ClassVar[frozenset[str]] = frozenset({
         "val_iwae_samples", "test_iwae_samples", "iwae_chunk", "active_unit_threshold", "traversal_dims", "noise_seed",
     })
@@ -179,7 +176,7 @@ class VAEModule(L.LightningModule):
         channels_last: bool = False,
     ) -> None:
         super().__init__()
-        self._check_config(architecture, num_hidden_layers, likelihood, gaussian_scale, binarize, beta, channels_last)
+        self._check_config(architecture, num_hidden_layers, likelihood, gaussian_scale, binarize, beta)
         self.save_hyperparameters()
         self.image_shape = tuple(image_shape)
         self.value_range = self._checked_range(value_range, likelihood)
@@ -200,6 +197,7 @@ class VAEModule(L.LightningModule):
         self.val_active = ActiveUnits(latent_dim, active_unit_threshold)
         self.test_active = ActiveUnits(latent_dim, active_unit_threshold)
         self.example_input_array = torch.zeros(2, *image_shape)
+        self.refuse_channels_last_without_convolutions()
 
     @staticmethod
     def _checked_range(value_range: tuple[float, float] | None, likelihood: str) -> tuple[float, float]:
@@ -216,8 +214,7 @@ class VAEModule(L.LightningModule):
         return tuple(value_range)
 
     @staticmethod
-    def _check_config(architecture, num_hidden_layers, likelihood, gaussian_scale, binarize, beta,
-                      channels_last) -> None:
+    def _check_config(architecture, num_hidden_layers, likelihood, gaussian_scale, binarize, beta) -> None:
         if binarize and likelihood != "bernoulli":
             raise ValueError("binarize=true only applies to the Bernoulli likelihood: set model.init_args.binarize: false.")
         if gaussian_scale is not None and (likelihood != "gaussian" or gaussian_scale <= 0):
@@ -230,17 +227,8 @@ class VAEModule(L.LightningModule):
                              "Leave model.init_args.num_hidden_layers at 1 with architecture: conv.")
         if beta <= 0:
             raise ValueError(f"beta={beta} must be positive (1: VAE, >1: beta-VAE); check model.init_args.beta.")
-        if channels_last and architecture == "mlp":
-            raise ValueError("channels_last=true lays out convolutions, and the MLP VAE has none: set "
-                             "model.init_args.channels_last: false, or architecture: conv.")
 
     # -------------------------------------------------------------------------------------------- the model
-    def configure_model(self) -> None:
-        if self.hparams.channels_last:
-            use_channels_last(self)
-        if self.hparams.compile:
-            compile_networks(self.net)
-
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return self.net(x)  # decoder output (B, C, H, W), mu, logvar (B, L)
 
@@ -256,8 +244,7 @@ class VAEModule(L.LightningModule):
             return torch.sigmoid(output.float())
         return to_unit_range(output, self.value_range)
 
-    @torch.no_grad()
-    def generate(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` images (n, C, H, W) in [0, 1]: the decoder's means for z ~ N(0, I) drawn with ``generator``."""
         return self.to_images(self.net.decode(self.net.prior_sample(n, generator)))
 
@@ -375,11 +362,6 @@ class VAEModule(L.LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, batch_idx, "test", self.hparams.test_iwae_samples)
 
-    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        """One prior sample per item of the batch, images in [0, 1]; the noise depends on (seed, rank, batch)."""
-        generator = seeded_generator(self.device, self.hparams.noise_seed, self.global_rank, batch_idx)
-        return self.generate(batch[0].shape[0], generator)
-
     # ------------------------------------------------------------------------------------------- images
     @torch.no_grad()
     def sample_images(self, images: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
@@ -420,8 +402,7 @@ class VAEModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------------------ optimiser
     def configure_optimizers(self):
-        optimizer = keep_state_in_parameter_layout(
-            torch.optim.Adam(self.parameters(), lr=self.hparams.lr, fused=fused_adam(self.trainer)))
+        optimizer = self.adam(self, self.hparams.lr)
         if self.hparams.lr_schedule == "constant":
             return optimizer
         scheduler = warmup_cosine(optimizer, 0, total_training_steps(self.trainer))

@@ -60,7 +60,8 @@ def test_channels_last_lays_out_every_conv_weight_in_nhwc_and_computes_the_same(
                                    lambda: GANModule((1, 28, 28), architecture="mlp", channels_last=True)],
                          ids=["vae_mlp", "gan_mlp"])
 def test_channels_last_on_a_model_without_convolutions_is_refused(model):
-    with pytest.raises(ValueError, match=r"has none: set model.init_args.channels_last: false, or architecture: "):
+    with pytest.raises(ValueError, match=r"\(architecture: mlp\) has none: set model.init_args.channels_last: false, or "
+                                         r"choose a convolutional architecture"):
         model()
 
 

@@ -41,7 +41,7 @@ def test_gan_generates_from_the_ema_generator():
     with torch.no_grad():
         for p in model.generator.parameters():
             p.add_(0.1)  # the trained generator moves away from its EMA copy
-    z = model.noise(3, torch.Generator().manual_seed(0))
+    z = model.latent(3, torch.Generator().manual_seed(0))
     ema = model.generate(3, torch.Generator().manual_seed(0))
     assert torch.allclose(ema, (model.from_noise(z, model.ema.module) + 1) / 2)
     assert not torch.allclose(ema, (model.from_noise(z, model.generator) + 1) / 2)

@@ -67,6 +67,12 @@ def decay_groups(module: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def warmup_constant(optimizer: Optimizer, warmup_steps: int) -> LambdaLR:
+    """Linear warm-up from ~0 to the base lr over ``warmup_steps``, then held (DDPM's schedule)."""
+    warmup = max(1, warmup_steps)
+    return LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+
+
 def warmup_cosine(optimizer: Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0) -> LambdaLR:
     """Linear warm-up from ~0 to the base lr over ``warmup_steps``, then cosine decay to ``min_lr_ratio * lr``."""
     if total_steps <= 0 or math.isinf(total_steps):
