@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lightning as L  # noqa: E402
 
-from benchmarks.results import MNIST_CLASSIFIER  # noqa: E402
+from benchmarks.harness import MNIST_CLASSIFIER  # noqa: E402
 from datamodules import MNISTDataModule  # noqa: E402
 from lightning_modules.diffusion import DiffusionModule  # noqa: E402
 
@@ -87,7 +87,7 @@ def main() -> None:
                         help="ViTClassifier checkpoint for the FID features (default: the vit_mnist row's)")
     parser.add_argument("--num-fid", type=int, default=128, help="samples per sampler for FID/KID")
     parser.add_argument("--samplers", nargs="+", default=["ddim50", "ddpm1000"],
-                        help="ddim50, ddpm1000, ddim<steps>_eta<eta> or dpm_solver<steps> (see ddpm_sampling_eval.py)")
+                        help="ddim50, ddpm1000, ddim<steps>_eta<eta> or dpm_solver<steps> (see sampling.py)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("MODULE14_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -96,7 +96,7 @@ def main() -> None:
     ckpt = Path(args.ckpt) if args.ckpt else train(args)
     if not args.train_only:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from ddpm_sampling_eval import evaluate
+        from benchmarks.sampling import evaluate
 
         evaluate(ckpt, args)
 

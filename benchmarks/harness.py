@@ -1,5 +1,8 @@
-"""What the CPU benchmarks share: training steps of a model timed by a real Trainer on its real data.
+"""What the benchmarks share: where their runs live, the MNIST FID ruler, and training steps of a model timed by a
+real Trainer on its real data.
 
+- ``RUNS`` / ``MNIST_CLASSIFIER``: the results' runs folder and the vit_mnist row's weights, whose features every
+  MNIST FID/KID uses.
 - ``train_step_seconds``: the seconds of each of a few training steps of a copy of a model (a warm-up step first).
 - ``time_train_steps``: the best of them after the warm-up.
 The copy leaves the model, its optimizer state and every random stream as they were, so the steps of several
@@ -10,10 +13,15 @@ from __future__ import annotations
 
 import copy
 import time
+from pathlib import Path
 
 import lightning as L
 
 from training.rng import global_rng_states, set_global_rng_states
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ROOT / "runs/results"
+MNIST_CLASSIFIER = RUNS / "vit_mnist/seed42/final.ckpt"  # the vit_mnist row's weights: the MNIST FID's features
 
 
 class _StepTimer(L.Callback):

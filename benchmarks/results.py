@@ -34,14 +34,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.harness import MNIST_CLASSIFIER, RUNS  # noqa: E402
+from lightning_modules.base import GenerativeModule  # noqa: E402
+
 RESULTS_DIR = ROOT / "docs/results"
 RESULTS_JSON = RESULTS_DIR / "results.json"
 RESULTS_MD = ROOT / "RESULTS.md"
-RUNS = ROOT / "runs/results"
-MNIST_CLASSIFIER = RUNS / "vit_mnist/seed42/final.ckpt"  # the vit_mnist row's weights: the MNIST FID's features
 FID_SAMPLES = 10_000  # MNIST: the whole test split
 SAMPLERS = ("ddpm1000", "ddim100_eta0", "ddim100_eta1", "ddim50_eta0", "ddim50_eta1", "ddim20_eta0", "ddim20_eta1",
-            "ddim10_eta0", "ddim10_eta1", "dpm_solver20", "dpm_solver10")
+            "ddim10_eta0", "ddim10_eta1", "dpm_solver20", "dpm_solver10")  # the ddpm_mnist row's table
+FLOW_SAMPLERS = ("euler10", "euler20", "euler50", "heun5", "heun10", "heun25")  # flow_mnist's: 10, 20, 50 U-Net calls
 CPU_SAMPLER_IMAGES = 512  # samples per sampler on a CPU: 10k DDPM-1000 samples take 3-4 hours on 2 cores
 
 
@@ -61,29 +63,26 @@ def quality_monitor(cli):
 
 @dataclass(frozen=True)
 class Row:
-    """How one config's row is measured.
+    """How one config's row is measured (the defaults, unless ``PROTOCOL`` says otherwise for that config).
 
-    config: the name in configs/. family: classifier, vae, gan or diffusion (which evaluation runs).
-    metrics: the ``test/`` metrics reported. grid: the ``sample_images`` panel saved as the row's PNG.
-    overrides: CLI arguments always added (e.g. FID settings). cpu_budget: CLI arguments that size the run for a CPU.
-    needs_gpu: the config's own budget needs a GPU; the CPU run is a CPU-sized variant.
-    seeds: the default seeds (mean ± std over them when several).
+    config: the name in configs/. grid: the ``sample_images`` panel saved as the row's PNG (a classifier's grid is its
+    misclassified test images). overrides: CLI arguments always added (e.g. FID settings). cpu_budget: CLI arguments
+    that size the run for a CPU. needs_gpu: the config's own budget needs a GPU; the CPU run is a CPU-sized variant.
+    seeds: the default seeds (mean ± std over them when several). needs_classifier: FID/KID on the MNIST ViT.
+    samplers: the sampler table drawn from the row's checkpoint (``benchmarks/sampling.py``).
+    The metrics a row reports, and their labels, are the model's ``reported_metrics()`` and its FID callback's.
     """
 
     config: str
-    family: str
-    metrics: tuple[str, ...]
-    grid: str = ""
+    grid: str = "samples"
     overrides: tuple[str, ...] = ()
     cpu_budget: tuple[str, ...] = ()
     needs_gpu: bool = False
     seeds: tuple[int, ...] = (42,)
     needs_classifier: bool = False
+    samplers: tuple[str, ...] = ()
 
 
-_VAE_MNIST = ("test/nelbo", "test/iwae_nll", "test/kl", "test/active_units")
-_VAE_BPD = ("test/bpd", "test/iwae_bpd")
-_GAN_FID = ("test/fid_vit", "test/kid_vit")
 # CIFAR-10 / CelebA on a CPU: the shared partial copies (torchvision's md5 check refuses them), 6 minutes each unless
 # a row says otherwise
 _SUBSET = ("--data.init_args.verify_integrity=false",)
@@ -107,33 +106,38 @@ _DDPM_NET = tuple(f"--model.init_args.{k}" for k in (
     "model_channels=32", "num_res_blocks=1", "attention_levels=[]", "dropout=0.0", "norm_groups=8", "lr=1e-3",
     "warmup_steps=100", "ema_decay=0.995"))
 _DDPM_CPU = dict(_CPU, cpu_budget=(*_CPU_30_MIN, "--trainer.check_val_every_n_epoch=5", *_DDPM_NET))
-ROWS: dict[str, Row] = {
-    "vit_mnist": Row("vit_mnist", "classifier", ("test/acc",)),
-    "vit_cifar10": Row("vit_cifar10", "classifier", ("test/acc",), **_VIT_CPU),
-    "vae_mnist": Row("vae_mnist", "vae", _VAE_MNIST, grid="prior_samples", seeds=(0, 1, 2)),
-    "betavae_mnist": Row("betavae_mnist", "vae", _VAE_MNIST, grid="traversals"),
-    "vae_cifar10": Row("vae_cifar10", "vae", _VAE_BPD, grid="prior_samples", **_VAE_CPU),
-    "betavae_celeba": Row("betavae_celeba", "vae", _VAE_BPD, grid="traversals", **_VAE_CPU),
-    "gan_mnist": Row("gan_mnist", "gan", _GAN_FID, grid="generator", overrides=_mnist_fid(),
-                     cpu_budget=("--trainer.max_epochs=10",), needs_classifier=True),
-    "dcgan_mnist": Row("dcgan_mnist", "gan", _GAN_FID, grid="generator_ema", overrides=_mnist_fid(),
-                       cpu_budget=("--trainer.max_epochs=8",), seeds=(0, 1, 2), needs_classifier=True),
-    "dcgan_cifar10": Row("dcgan_cifar10", "gan", (), grid="generator_ema", **_GAN_CPU),
-    "dcgan_celeba": Row("dcgan_celeba", "gan", (), grid="generator_ema", **_GAN_CPU),
-    "ddpm_mnist": Row("ddpm_mnist", "diffusion", ("test/loss",), grid="samples",
-                      cpu_budget=_CPU_30_MIN, needs_classifier=True),
-    "ddpm_cifar10": Row("ddpm_cifar10", "diffusion", ("test/loss",), grid="samples", **_DDPM_CPU),
-    "ddpm_celeba": Row("ddpm_celeba", "diffusion", ("test/loss",), grid="samples", **_DDPM_CPU),
+# The two MNIST U-Net rows (DDPM and rectified flow: the same network, data and optimiser) train the same number of
+# steps, what ddpm_mnist's 30 CPU minutes gave (7,510 batches of 64), whatever else the machine runs meanwhile.
+_MNIST_UNET = dict(cpu_budget=("--trainer.max_steps=7500",), needs_classifier=True)
+# How each config's row is measured where it differs from ``Row``'s defaults; a config that is not here gets a row
+# with the defaults. The order is the table's (configs not listed follow, by name).
+PROTOCOL: dict[str, dict] = {
+    "vit_mnist": {},
+    "vit_cifar10": _VIT_CPU,
+    "vae_mnist": dict(grid="prior_samples", seeds=(0, 1, 2)),
+    "betavae_mnist": dict(grid="traversals"),
+    "vae_cifar10": dict(grid="prior_samples", **_VAE_CPU),
+    "betavae_celeba": dict(grid="traversals", **_VAE_CPU),
+    "gan_mnist": dict(grid="generator", overrides=_mnist_fid(), cpu_budget=("--trainer.max_epochs=10",),
+                      needs_classifier=True),
+    "dcgan_mnist": dict(grid="generator_ema", overrides=_mnist_fid(), cpu_budget=("--trainer.max_epochs=8",),
+                        seeds=(0, 1, 2), needs_classifier=True),
+    "dcgan_cifar10": dict(grid="generator_ema", **_GAN_CPU),
+    "dcgan_celeba": dict(grid="generator_ema", **_GAN_CPU),
+    "ddpm_mnist": dict(samplers=SAMPLERS, **_MNIST_UNET),
+    "ddpm_cifar10": _DDPM_CPU,
+    "ddpm_celeba": _DDPM_CPU,
+    "flow_mnist": dict(samplers=FLOW_SAMPLERS, **_MNIST_UNET),
 }
 
-METRIC_NAMES = {
-    "test/acc": ("test accuracy", "{:.2%}"), "test/nelbo": ("-ELBO (nats)", "{:.2f}"),
-    "test/iwae_nll": ("IWAE-100 NLL (nats)", "{:.2f}"), "test/kl": ("KL (nats)", "{:.2f}"),
-    "test/active_units": ("active units", "{:.1f}"), "test/bpd": ("-ELBO (bits/dim)", "{:.3f}"),
-    "test/iwae_bpd": ("IWAE-100 (bits/dim)", "{:.3f}"), "test/fid_vit": ("FID (MNIST ViT features)", "{:.2f}"),
-    "test/kid_vit": ("KID (MNIST ViT features)", "{:.4f}"), "test/loss": ("test ε-MSE", "{:.4f}"),
-    "floor/fid_vit": ("real-vs-real FID floor", "{:.2f}"),
-}
+
+def experiment_configs() -> list[str]:
+    """Every config in configs/ but base.yaml, in the table's order."""
+    names = sorted(path.stem for path in (ROOT / "configs").glob("*.yaml") if path.stem != "base")
+    return [name for name in PROTOCOL if name in names] + [name for name in names if name not in PROTOCOL]
+
+
+ROWS: dict[str, Row] = {name: Row(name, **PROTOCOL.get(name, {})) for name in experiment_configs()}
 
 
 # ------------------------------------------------------------------------------------------------ measuring
@@ -169,12 +173,23 @@ def run_seed(row: Row, seed: int) -> tuple[dict, object]:
     fit.trainer.save_checkpoint(ckpt)
     test = build_cli(args=["test", *args, f"--ckpt_path={ckpt.relative_to(ROOT)}"])
     logged = test.trainer.callback_metrics
-    metrics = {k: float(logged[k]) for k in row.metrics if k in logged}
+    metrics = {k: float(logged[k]) for k in reported_metrics(test) if k in logged}
     batches = fit.trainer.fit_loop.epoch_loop.batch_progress.total.completed
     figures = {"seed": seed, "wall_s": round(wall, 1), "batches": batches, "batch_size": fit.datamodule.batch_size,
                "epochs": round(batches / fit.trainer.num_training_batches, 2), "precision": str(fit.trainer.precision),
                "load_avg_at_start": round(load, 2), "checkpoint": str(ckpt.relative_to(ROOT)), "metrics": metrics}
     return figures, test
+
+
+def reported_metrics(cli) -> dict[str, tuple[str, str]]:
+    """The test metrics a row reports, with their labels and formats: the model's own (``reported_metrics``) and, when
+    the run computed FID/KID, the FID callback's."""
+    metrics = dict(cli.model.reported_metrics())
+    if (monitor := quality_monitor(cli)) is not None:
+        features = "MNIST ViT features" if monitor.metric.name == "vit" else "Inception features"
+        metrics |= {f"test/fid_{monitor.metric.name}": (f"FID ({features})", "{:.2f}"),
+                    f"test/kid_{monitor.metric.name}": (f"KID ({features})", "{:.4f}")}
+    return metrics
 
 
 def summarise(runs: list[dict]) -> dict[str, dict]:
@@ -256,13 +271,13 @@ def real_vs_real_floor(test_cli, num_samples: int) -> dict[str, float]:
     return {f"floor/{k}": float(v) for k, v in quality.compute().items() if not k.startswith("kid_std")}
 
 
-def sampler_table(checkpoint: str, num_samples: int, samplers: list[str], command: str) -> dict:
-    """FID and wall time per sampler (benchmarks/ddpm_sampling_eval.py) from the ddpm_mnist row's checkpoint. The
-    samples are kept in ``runs/results/ddpm_mnist/samplers_<N>/batches``: a stopped run resumes where it stopped."""
-    from benchmarks.ddpm_sampling_eval import evaluate
+def sampler_table(name: str, checkpoint: str, num_samples: int, samplers: list[str], command: str) -> dict:
+    """FID and wall time per sampler (``benchmarks/sampling.py``) from row ``name``'s checkpoint. The samples are kept
+    in ``runs/results/<name>/samplers_<N>/batches``: a stopped run resumes where it stopped."""
+    from benchmarks.sampling import evaluate
 
     run = {"command": command, "commit": _commit(), "date": time.strftime("%Y-%m-%d"), "samplers": samplers}
-    out = RUNS / "ddpm_mnist" / f"samplers_{num_samples}"
+    out = RUNS / name / f"samplers_{num_samples}"
     args = SimpleNamespace(out=str(out), num_fid=num_samples, samplers=samplers, classifier=str(MNIST_CLASSIFIER))
     measured = evaluate(ROOT / checkpoint, args)
     run["reused"] = measured.pop("reused")  # samplers whose samples (and times) an earlier run drew
@@ -270,22 +285,23 @@ def sampler_table(checkpoint: str, num_samples: int, samplers: list[str], comman
             "runs": [run]}  # the checkpoint's path as in the row
 
 
-def sampler_tables(ddpm: dict) -> list[dict]:
-    """The ddpm_mnist row's sampler tables; those from before the tables recorded where they were drawn get the row's
-    hardware and batches of 64 (where and how they were drawn)."""
-    return [{"hardware": ddpm["hardware"], "batch": 64, **table} for table in ddpm.get("samplers", [])]
+def sampler_tables(record: dict) -> list[dict]:
+    """A row's sampler tables; those from before the tables recorded where they were drawn get the row's hardware and
+    batches of 64 (where and how they were drawn)."""
+    return [{"hardware": record["hardware"], "batch": 64, **table} for table in record.get("samplers", [])]
 
 
-def merge_sampler_table(tables: list[dict], table: dict) -> list[dict]:
-    """The row's tables with a newly measured one: it joins the table with the same number of samples on the same
+def merge_sampler_table(tables: list[dict], table: dict, samplers: tuple[str, ...] = SAMPLERS) -> list[dict]:
+    """A row's tables with a newly measured one: it joins the table with the same number of samples on the same
     features and hardware (its samplers' figures replace theirs, the speed-ups are recomputed, both commands are
-    kept, and the KID subset size is stated only if every KID used it), or else replaces it."""
-    from benchmarks.ddpm_sampling_eval import speedups
+    kept, and the KID subset size is stated only if every KID used it), or else replaces it. ``samplers``: the
+    row's."""
+    from benchmarks.sampling import speedups
 
     old = next((t for t in tables if t["num_fid"] == table["num_fid"]), None)
     same = ("features", "hardware", "batch")
     if old is not None and all(old.get(key) == table.get(key) for key in same):
-        kept = [name for name in SAMPLERS if name in old and name not in table]  # figures the new run leaves as is
+        kept = [name for name in samplers if name in old and name not in table]  # figures the new run leaves as is
         joined = {**old, **table, "runs": old["runs"] + table["runs"]}
         if kept and old.get("kid_subset_size") != table.get("kid_subset_size"):
             joined.pop("kid_subset_size", None)  # KIDs on different subset sizes: the table states none
@@ -293,23 +309,24 @@ def merge_sampler_table(tables: list[dict], table: dict) -> list[dict]:
     return [t for t in tables if t is not old] + [table]
 
 
-def extra_sampler_table(num_samples: int, samplers: list[str]) -> dict:
-    """``--sampler-table N``: a table on the ddpm_mnist row's checkpoint (kept beside the tables with other N)."""
-    record = load_results().get("ddpm_mnist")
+def extra_sampler_table(name: str, num_samples: int, samplers: list[str]) -> dict:
+    """``--sampler-table N``: a table on row ``name``'s checkpoint (kept beside the tables with other N)."""
+    record = load_results().get(name)
     if record is None or not MNIST_CLASSIFIER.is_file():
-        raise SystemExit("--sampler-table evaluates the ddpm_mnist row's checkpoint on the MNIST ViT's features: run "
-                         "`python benchmarks/results.py --row vit_mnist` and `--row ddpm_mnist` first.")
+        raise SystemExit(f"--sampler-table evaluates the {name} row's checkpoint on the MNIST ViT's features: run "
+                         f"`python benchmarks/results.py --row vit_mnist` and `--row {name}` first.")
     if num_samples < 64:
         raise SystemExit(f"--sampler-table {num_samples}: use at least 64 samples (each sampler is timed per batch "
                          "of 64).")
-    return sampler_table(record["runs"][0]["checkpoint"], num_samples, samplers,
-                         sampler_table_command(num_samples, samplers))
+    return sampler_table(name, record["runs"][0]["checkpoint"], num_samples, samplers,
+                         sampler_table_command(name, num_samples, samplers))
 
 
-def sampler_table_command(num_samples: int, samplers: list[str]) -> str:
-    """The command that measures ``samplers`` into the ``num_samples`` table (all of them when none is named)."""
+def sampler_table_command(name: str, num_samples: int, samplers: list[str]) -> str:
+    """The command that measures ``samplers`` into row ``name``'s ``num_samples`` table (all when none is named)."""
     return (f"python benchmarks/results.py --sampler-table {num_samples}"
-            + (f" --samplers {' '.join(samplers)}" if samplers != list(SAMPLERS) else ""))
+            + (f" --sampler-row {name}" if name != "ddpm_mnist" else "")
+            + (f" --samplers {' '.join(samplers)}" if samplers != list(ROWS[name].samplers) else ""))
 
 
 def feature_network() -> str:
@@ -321,23 +338,23 @@ def feature_network() -> str:
 
 
 def protocol(row: Row, test_cli, seeds: int) -> str:
-    """What the metrics measure, read from the run: split and size, weights, features, sampler."""
-    data = test_cli.datamodule
-    hp = test_cli.model.hparams
+    """What the metrics measure, read from the run: split and size, weights, network, features, sampler."""
+    data, model = test_cli.datamodule, test_cli.model
+    hp = model.hparams
     copy = "" if data.verify_integrity else ", of the partial copy in shared/data"
     parts = [f"{type(data).__name__.removesuffix('DataModule')} test split ({len(data.test_set):,} images{copy})",
              "final weights", f"{seeds} seed(s)"]
-    if row.family == "gan":
-        parts.append("generator: " + ("EMA" if hp.get("ema_decay") else "raw"))
+    if "ema_decay" in hp:
+        parts.append("samples from the " + ("EMA weights" if hp["ema_decay"] else "trained weights (no EMA)"))
     if (monitor := quality_monitor(test_cli)) is not None:
         parts.append(f"FID/KID: {min(monitor.num_samples, len(data.test_set)):,} samples vs as many test images, "
                      f"features of {feature_network()}")
-    if row.family == "diffusion":
-        params = sum(p.numel() for p in test_cli.model.net.parameters()) / 1e6
-        parts.append(f"U-Net {hp['model_channels']} channels, {params:.1f}M parameters; evaluated with the EMA "
-                     f"network; grid sampler {hp['sampler']} (η = {hp['ddim_eta']})")
-    if row.family == "vae" and hp.get("test_iwae_samples"):
-        parts.append(f"IWAE with k = {hp['test_iwae_samples']}")
+    if "model_channels" in hp:  # the U-Net families
+        params = sum(p.numel() for p in model.net.parameters()) / 1e6
+        parts.append(f"U-Net {hp['model_channels']} channels, {params:.1f}M parameters")
+    settings = {k: hp[k] for k in sorted(model.inference_args) if k in hp and k != "noise_seed"}
+    if isinstance(model, GenerativeModule) and settings:
+        parts.append("grid and predict with " + ", ".join(f"{k} {v}" for k, v in settings.items()))
     return "; ".join(parts)
 
 
@@ -351,22 +368,26 @@ def measure(name: str, seeds: list[int]) -> dict:
         figures, cli = run_seed(row, seed)
         runs.append(figures)
         test_cli = test_cli or cli  # the grid and the protocol come from the first seed
-    grid, grid_caption = (classifier_grid(name, test_cli) if row.family == "classifier"
-                          else panel_grid(name, row, test_cli))
+    generative = isinstance(test_cli.model, GenerativeModule)
+    grid, grid_caption = panel_grid(name, row, test_cli) if generative else classifier_grid(name, test_cli)
     record = {
         "command": f"python benchmarks/results.py --row {name} --seeds {' '.join(map(str, seeds))}",
         "cli": "module14 fit " + shlex.join(cli_args(row, seeds[0], RUNS / row.config / f"seed{seeds[0]}")),
         "hardware": hardware(), "gpu_run": torch.cuda.is_available(), "torch_threads": torch.get_num_threads(),
         "date": time.strftime("%Y-%m-%d"), "commit": _commit(), "runs": runs, "metrics": summarise(runs),
+        "metric_labels": [[key, label, fmt] for key, (label, fmt) in reported_metrics(test_cli).items()],
+        "generative": generative,
         "protocol": protocol(row, test_cli, len(seeds)), "grid": grid, "grid_caption": grid_caption,
     }
-    if row.family == "gan" and row.needs_classifier:
-        record["floor"] = real_vs_real_floor(test_cli, quality_monitor(test_cli).num_samples)
-    if row.family == "diffusion" and row.needs_classifier:
+    if (monitor := quality_monitor(test_cli)) is not None:
+        record["floor"] = real_vs_real_floor(test_cli, monitor.num_samples)
+        record["metric_labels"] += [[key, "real-vs-real FID floor", "{:.2f}"] for key in record["floor"]
+                                    if key.startswith("floor/fid")]
+    if row.samplers and row.needs_classifier:
         num = FID_SAMPLES if torch.cuda.is_available() else CPU_SAMPLER_IMAGES
-        for old in (RUNS / "ddpm_mnist").glob("samplers_*"):
+        for old in (RUNS / name).glob("samplers_*"):
             shutil.rmtree(old)  # samples of the checkpoint this run replaced
-        record["samplers"] = [sampler_table(runs[0]["checkpoint"], num, list(SAMPLERS), record["command"])]
+        record["samplers"] = [sampler_table(name, runs[0]["checkpoint"], num, list(row.samplers), record["command"])]
     return record
 
 
@@ -383,16 +404,18 @@ def _value(summary: dict, fmt: str) -> str:
     return text + (f" ± {fmt.format(summary['std'])}" if summary.get("std") is not None else "")
 
 
-def metrics_cell(row: Row, record: dict) -> str:
-    shown = [f"{METRIC_NAMES[k][0]} {_value(record['metrics'][k], METRIC_NAMES[k][1])}" for k in row.metrics
-             if k in record["metrics"]]
-    shown += [f"{METRIC_NAMES[k][0]} {METRIC_NAMES[k][1].format(v)}" for k, v in record.get("floor", {}).items()
-              if k in METRIC_NAMES]
+def metrics_cell(record: dict) -> str:
+    """The row's metrics with the labels its model gave them (``metric_labels``, in its order), the floor, and the
+    protocol."""
+    shown = [f"{label} {_value(record['metrics'][key], fmt)}" for key, label, fmt in record.get("metric_labels", [])
+             if key in record["metrics"]]
+    shown += [f"{label} {fmt.format(record['floor'][key])}" for key, label, fmt in record.get("metric_labels", [])
+              if key in record.get("floor", {})]
     if "samplers" in record:
         shown.append("sampler table below")
-    if not shown and row.family == "gan":  # no classifier for this data here, and no Inception weights offline
+    if record.get("generative") and not shown:
         shown.append("FID/KID not measured: no feature network for this data offline (Inception FID needs its "
-                     "weights: README, \"Images and metrics\")")
+                     "weights: docs/models.md, \"Images and metrics\")")
     return "<br>".join(shown) + f"<br>*{record['protocol']}*"
 
 
@@ -421,35 +444,40 @@ def table_row(name: str, record: dict | None) -> str:
     if row.needs_gpu and not record["gpu_run"]:
         hw += "<br>**not yet run on a GPU**"
     grid = f"[{record['grid_caption']}]({record['grid']})"
-    return (f"| `{name}` | {hw} | {budget_cell(row, record)} | {metrics_cell(row, record)} | {grid} | "
+    return (f"| `{name}` | {hw} | {budget_cell(row, record)} | {metrics_cell(record)} | {grid} | "
             f"`{record['command']}`<br>({record['date']}, commit {record['commit']}) |")
 
 
-def sampler_section(table: dict) -> list[str]:
+def sampler_section(table: dict, name: str = "ddpm_mnist") -> list[str]:
+    """Row ``name``'s sampler table: FID, KID and time per sampler, speed-ups where DDPM-1000 or DDIM-50 was drawn."""
     kid = f"; KID on 100 subsets of {table['kid_subset_size']:,} samples" if "kid_subset_size" in table else ""
-    lines = [f"### `ddpm_mnist` samplers ({table['num_fid']:,} samples each, EMA weights, same initial noise)", "",
+    samplers = ROWS[name].samplers
+    references = [ref for ref in ("ddpm1000", "ddim50_eta0") if ref in samplers]
+    headers = {"ddpm1000": "speed-up vs DDPM-1000", "ddim50_eta0": "speed-up vs DDIM-50 (η = 0)"}
+    lines = [f"### `{name}` samplers ({table['num_fid']:,} samples each, EMA weights, same initial noise)", "",
              "; ".join(f"`{run['command']}` ({run['date']}, commit {run['commit']}{_reused(run)})"
                        for run in table["runs"])
-             + ", on the ddpm_mnist row's checkpoint. "
+             + f", on the {name} row's checkpoint. "
              f"FID and KID on the features of {table['features']}{kid}. "
              f"Sampled on {table['hardware']}, {table['batch']} images at a time; "
              "s / 64 images is a batch's time scaled to 64 images, median over the batches.", "",
-             "| sampler | FID (MNIST ViT) | KID | s / 64 images | speed-up vs DDPM-1000 | speed-up vs DDIM-50 (η = 0) |",
-             "|---|---|---|---|---|---|"]
-    for name in SAMPLERS:
-        if name not in table:
+             "| sampler | FID (MNIST ViT) | KID | s / 64 images |" + "".join(f" {headers[r]} |" for r in references),
+             "|---|---|---|---|" + "---|" * len(references)]
+    for sampler in samplers:
+        if sampler not in table:
             continue
-        speed = [table.get(f"speedup_{name}_vs_{reference}", "–") for reference in ("ddpm1000", "ddim50_eta0")]
-        lines.append(f"| {name} | {table[name]['fid_vit']:.2f} | {table[name]['kid_vit']:.4f} | "
-                     f"{table[f'{name}_seconds_64']:g} | {speed[0]} | {speed[1]} |")
+        speed = "".join(f" {table.get(f'speedup_{sampler}_vs_{ref}', '–')} |" for ref in references)
+        lines.append(f"| {sampler} | {table[sampler]['fid_vit']:.2f} | {table[sampler]['kid_vit']:.4f} | "
+                     f"{table[f'{sampler}_seconds_64']:g} |{speed}")
     floor = table["real_train_vs_test"]
-    lines += [f"| real train vs test (floor) | {floor['fid_vit']:.2f} | {floor['kid_vit']:.4f} | – | – | – |", ""]
-    missing = [name for name in SAMPLERS if name not in table]
+    lines += [f"| real train vs test (floor) | {floor['fid_vit']:.2f} | {floor['kid_vit']:.4f} | – |"
+              + " – |" * len(references), ""]
+    missing = [sampler for sampler in samplers if sampler not in table]
     if missing:
         lines += [f"Not yet drawn at {table['num_fid']:,} samples: {', '.join(missing)} "
-                  f"(`{sampler_table_command(table['num_fid'], missing)}` draws them, resuming from the batches a "
-                  "stopped run saved)." + (" Until DDPM-1000 is in, the speed-ups against it are blank."
-                                           if "ddpm1000" in missing else ""), ""]
+                  f"(`{sampler_table_command(name, table['num_fid'], missing)}` draws them, resuming from the batches "
+                  "a stopped run saved)." + (" Until DDPM-1000 is in, the speed-ups against it are blank."
+                                             if "ddpm1000" in missing else ""), ""]
     lines += _solver_target(table)
     if table["num_fid"] < FID_SAMPLES:
         hours = (f": at the DDPM-1000 time above, its {FID_SAMPLES:,} samples ({FID_SAMPLES * 1000:,} U-Net "
@@ -459,6 +487,31 @@ def sampler_section(table: dict) -> list[str]:
                   f"table is drawn separately, with `--sampler-table {FID_SAMPLES}`, over several sittings{hours}. "
                   "FID from so few samples is biased upwards and noisy; compare samplers only with each other and "
                   "with the floor at the same count.", ""]
+    return lines
+
+
+def by_network_calls(results: dict[str, dict]) -> list[str]:
+    """Every row's samplers side by side at each number of network calls, from tables with the same sample count,
+    features and hardware (the MNIST U-Net rows: DDPM and rectified flow on the same network and budget)."""
+    from benchmarks.sampling import network_calls
+
+    groups: dict[tuple, list[tuple[str, dict]]] = {}
+    for name, record in results.items():
+        for table in sampler_tables(record):
+            groups.setdefault((table["num_fid"], table["features"], table["hardware"]), []).append((name, table))
+    lines = []
+    for (num, features, hardware), tables in sorted(groups.items(), key=lambda item: -item[0][0]):
+        if len({name for name, _ in tables}) < 2:
+            continue
+        entries = sorted((network_calls(sampler), name, sampler, table) for name, table in tables
+                         for sampler in ROWS[name].samplers if sampler in table)
+        lines += [f"### Samplers by network calls ({num:,} samples each: {', '.join(name for name, _ in tables)})",
+                  "", f"The tables above at equal sample counts, on the features of {features}, sampled on {hardware}: "
+                  "each row's checkpoint, the same initial noise. One network call is one U-Net evaluation per image.",
+                  "", "| network calls | row | sampler | FID (MNIST ViT) | KID | s / 64 images |", "|---|---|---|---|---|---|"]
+        lines += [f"| {calls} | {name} | {sampler} | {table[sampler]['fid_vit']:.2f} | {table[sampler]['kid_vit']:.4f} | "
+                  f"{table[f'{sampler}_seconds_64']:g} |" for calls, name, sampler, table in entries]
+        lines.append("")
     return lines
 
 
@@ -506,8 +559,10 @@ def render(results: dict[str, dict]) -> str:
     lines = [HEADER, "| row | hardware | budget | metrics (protocol) | grid | command |", "|---|---|---|---|---|---|"]
     lines += [table_row(name, results.get(name)) for name in ROWS]
     lines.append("")
-    for table in sorted(sampler_tables(results.get("ddpm_mnist", {})), key=lambda t: -t["num_fid"]):
-        lines += sampler_section(table)
+    for name in ROWS:
+        for table in sorted(sampler_tables(results.get(name, {})), key=lambda t: -t["num_fid"]):
+            lines += sampler_section(table, name)
+    lines += by_network_calls({name: record for name, record in results.items() if name in ROWS})
     grids = [(name, r) for name, r in results.items() if name in ROWS]
     if grids:
         lines += ["## Grids", ""]
@@ -532,16 +587,22 @@ def main(argv: list[str] | None = None) -> None:
     action.add_argument("--render", action="store_true", help="only re-render RESULTS.md from the results file")
     action.add_argument("--compact-grids", action="store_true", help="re-save the committed grids as small PNGs")
     action.add_argument("--sampler-table", type=int, metavar="N",
-                        help="measure the ddpm_mnist sampler table with N samples per sampler, from the row's "
-                             "checkpoint, on the current MNIST ViT; kept beside the tables with other N, and joined "
-                             "with an earlier N-sample table on the same ViT (rerun the same command to resume a "
-                             "stopped run: the drawn batches are kept)")
+                        help="measure a row's sampler table (--sampler-row, default ddpm_mnist) with N samples per "
+                             "sampler, from the row's checkpoint, on the current MNIST ViT; kept beside the tables "
+                             "with other N, and joined with an earlier N-sample table on the same ViT (rerun the same "
+                             "command to resume a stopped run: the drawn batches are kept)")
     parser.add_argument("--seeds", type=int, nargs="+", help="default: the row's seeds")
-    parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=SAMPLERS,
-                        help="with --sampler-table: which samplers (default: all)")
+    with_tables = [name for name, row in ROWS.items() if row.samplers]
+    parser.add_argument("--sampler-row", default="ddpm_mnist", choices=with_tables,
+                        help="with --sampler-table: whose checkpoint")
+    parser.add_argument("--samplers", nargs="+", choices=[s for name in with_tables for s in ROWS[name].samplers],
+                        help="with --sampler-table: which of the row's samplers (default: all)")
     args = parser.parse_args(argv)
     if args.row and args.row not in ROWS:
         parser.error(f"unknown row {args.row!r}; choose one of: {', '.join(ROWS)}")
+    samplers = args.samplers or list(ROWS[args.sampler_row].samplers)
+    if not set(samplers) <= set(ROWS[args.sampler_row].samplers):
+        parser.error(f"--samplers: the {args.sampler_row} row's samplers are {', '.join(ROWS[args.sampler_row].samplers)}")
     os.environ.setdefault("WANDB_MODE", "offline")
     if args.compact_grids:
         for path in sorted(RESULTS_DIR.glob("*.png")):
@@ -552,15 +613,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.row:
         record = measure(args.row, args.seeds or list(ROWS[args.row].seeds))
     if args.sampler_table is not None:
-        table = extra_sampler_table(args.sampler_table, args.samplers)
+        table = extra_sampler_table(args.sampler_row, args.sampler_table, samplers)
     results = load_results()  # read after measuring: rows measured at the same time keep each other's records
     if record is not None:
         results[args.row] = record  # a retrained row drops the sampler tables of its old checkpoint
     if table is not None:
-        ddpm = results["ddpm_mnist"]
-        ddpm["samplers"] = merge_sampler_table(sampler_tables(ddpm), table)
+        owner = results[args.sampler_row]
+        owner["samplers"] = merge_sampler_table(sampler_tables(owner), table, ROWS[args.sampler_row].samplers)
     write(results)
-    what = f" (row {args.row})" if args.row else f" (sampler table, {args.sampler_table} samples)" if table else ""
+    what = (f" (row {args.row})" if args.row else
+            f" ({args.sampler_row} sampler table, {args.sampler_table} samples)" if table else "")
     print(f"wrote {RESULTS_MD.relative_to(ROOT)}{what}")
 
 

@@ -44,6 +44,10 @@ class FamilyModule(L.LightningModule):
         """The networks the optimisers train (what ``compile`` compiles)."""
         return [self.net]
 
+    def reported_metrics(self) -> dict[str, tuple[str, str]]:
+        """The ``test/`` metrics RESULTS.md reports for this model: key -> (label, format)."""
+        return {}
+
     def refuse_channels_last_without_convolutions(self) -> None:
         """``channels_last: true`` on a model with no convolution would do nothing: refused, naming the fix."""
         if self.hparams.get("channels_last") and not any(isinstance(m, nn.Conv2d) for m in self.modules()):

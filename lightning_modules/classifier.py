@@ -99,6 +99,9 @@ class ViTClassifier(FamilyModule):
         probs = self(x).float().softmax(dim=-1)
         return {"pred": probs.argmax(dim=-1), "probs": probs, "label": y}
 
+    def reported_metrics(self) -> dict[str, tuple[str, str]]:
+        return {"test/acc": ("test accuracy", "{:.2%}")}
+
     def configure_optimizers(self):
         optimizer = self.adam(self.net, self.hparams.lr, weight_decay=self.hparams.weight_decay)
         total = total_training_steps(self.trainer)

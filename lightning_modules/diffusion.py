@@ -125,6 +125,10 @@ class DiffusionModule(GenerativeModule):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         return loss
 
+    def reported_metrics(self) -> dict[str, tuple[str, str]]:
+        target = {"eps": "ε", "x0": "x0", "v": "v"}[self.hparams.prediction]
+        return {"test/loss": (f"test {target}-MSE", "{:.4f}")}
+
     def configure_optimizers(self):
         optimizer = self.adam(self.net, self.hparams.lr, weight_decay=self.hparams.weight_decay)
         scheduler = warmup_constant(optimizer, self.hparams.warmup_steps)
@@ -148,10 +152,11 @@ class DiffusionModule(GenerativeModule):
     @torch.no_grad()
     def sample(
         self, n: int, generator: torch.Generator | None = None, sampler: Sampler | None = None,
-        num_steps: int | None = None, eta: float | None = None,
+        num_steps: int | None = None, eta: float | None = None, noise: Tensor | None = None,
     ) -> Tensor:
-        """``n`` images in [0, 1] from the EMA network with the configured sampler, steps and η, or others."""
-        return self._sample(n, generator, sampler, num_steps, eta)
+        """``n`` images in [0, 1] from the EMA network with the configured sampler, steps and η, or others; from
+        ``noise`` (n, C, H, W) when given, else from noise drawn with ``generator``."""
+        return self._sample(n, generator, sampler, num_steps, eta, noise=noise)
 
     @torch.no_grad()
     def sample_trajectory(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, list[Tensor]]:
@@ -160,7 +165,7 @@ class DiffusionModule(GenerativeModule):
 
     def _sample(
         self, n: int, generator: torch.Generator | None, sampler: Sampler | None = None, num_steps: int | None = None,
-        eta: float | None = None, trajectory: bool = False,
+        eta: float | None = None, trajectory: bool = False, noise: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, list[Tensor]]:
         """What ``sample`` and ``sample_trajectory`` share: unset settings are the module's, images mapped to [0, 1]."""
         sampler = sampler or self.hparams.sampler
@@ -170,7 +175,7 @@ class DiffusionModule(GenerativeModule):
             out = self.diffusion.sample(
                 self.ema.module, (n, *self.hparams.image_shape), sampler=sampler, num_steps=num_steps,
                 eta=self.hparams.ddim_eta if eta is None else eta, variance=self.hparams.ddpm_variance,
-                generator=generator, device=self.device, trajectory=trajectory,
+                generator=generator, device=self.device, trajectory=trajectory, noise=noise,
             )
         if trajectory:
             images, path = out

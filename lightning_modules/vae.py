@@ -400,6 +400,13 @@ class VAEModule(GenerativeModule):
             panels["traversals"] = self.to_images(self.net.decode(z.flatten(0, 1))).view(dims, 9, *self.image_shape)
         return panels
 
+    def reported_metrics(self) -> dict[str, tuple[str, str]]:
+        k = self.hparams.test_iwae_samples
+        if self.reports_bits_per_dim:
+            return {"test/bpd": ("-ELBO (bits/dim)", "{:.3f}"), "test/iwae_bpd": (f"IWAE-{k} (bits/dim)", "{:.3f}")}
+        return {"test/nelbo": ("-ELBO (nats)", "{:.2f}"), "test/iwae_nll": (f"IWAE-{k} NLL (nats)", "{:.2f}"),
+                "test/kl": ("KL (nats)", "{:.2f}"), "test/active_units": ("active units", "{:.1f}")}
+
     # ------------------------------------------------------------------------------------------ optimiser
     def configure_optimizers(self):
         optimizer = self.adam(self, self.hparams.lr)

@@ -239,7 +239,8 @@ class GaussianDiffusion(nn.Module):
         The result is clamped to the data range.
 
         Returns the images, and with ``trajectory=True`` also the predicted x_0 after every step. The model runs in
-        eval mode and is put back in the mode it was in. ``progress`` (default: for runs over 100 steps, in a terminal) shows a bar.
+        eval mode and is put back in the mode it was in. ``progress`` (default: for runs over 100 steps, in a
+        terminal) shows a bar.
         """
         device = device if device is not None else self.betas.device
         x = noise if noise is not None else torch.randn(shape, generator=generator, device=device)

@@ -163,6 +163,35 @@ TINY_UNET = ["--model.init_args.model_channels=16", "--model.init_args.norm_grou
 TINY_DDPM = [*TINY_UNET, "--model.init_args.sampling_steps=2"]
 
 
+# GPU-sized configs (the DDPM paper's 35.7M U-Net) keep their wiring but get a CPU-sized width and batch in tests.
+CPU_SIZED = {
+    "ddpm_cifar10": [*TINY_DDPM, "--data.init_args.batch_size=4"],
+    "ddpm_celeba": [*TINY_DDPM, "--data.init_args.batch_size=4"],
+}
+
+
+def config_model(config: Path):
+    """The model a config builds through the CLI (CPU-sized where the config is GPU-sized), not attached to a trainer."""
+    from cli import build_cli
+
+    args = ["--config", str(config), *CPU_SIZED.get(config.stem, []), *opt_in(config), "--trainer.logger=false",
+            "--trainer.precision=32-true"]
+    cwd = os.getcwd()
+    try:
+        return build_cli(args, run=False).model
+    finally:
+        os.chdir(cwd)
+
+
+def unit_loader(module, n: int = 16, batch_size: int = 8):
+    """Random images in ``module``'s value range, for tests of the metrics' plumbing (not of the data)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    low, high = module.value_range
+    x = torch.rand(n, *module.hparams.image_shape, generator=torch.Generator().manual_seed(0)) * (high - low) + low
+    return DataLoader(TensorDataset(x, torch.zeros(n, dtype=torch.long)), batch_size=batch_size)
+
+
 def cpu_trainer(**kwargs) -> L.Trainer:
     """A quiet one-process CPU ``Trainer`` (no logger, checkpoints, progress bar or model summary); ``kwargs`` win."""
     defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,

@@ -8,16 +8,11 @@ import warnings
 import pytest
 import torch
 import yaml
-from conftest import CSV_LOGGER, SUBSET_OPT_IN, TINY_DDPM, TINY_VIT, experiment_configs, module14, opt_in
+from conftest import CPU_SIZED, CSV_LOGGER, SUBSET_OPT_IN, TINY_VIT, experiment_configs, module14, opt_in
 
 from datamodules import DatasetNotFoundError
 
 
-# GPU-sized configs (the DDPM paper's 35.7M U-Net) keep their wiring but get a CPU-sized width and batch here.
-CPU_SIZED = {
-    "ddpm_cifar10": [*TINY_DDPM, "--data.init_args.batch_size=4"],
-    "ddpm_celeba": [*TINY_DDPM, "--data.init_args.batch_size=4"],
-}
 
 
 # The warnings a config may give, each telling the user something to act on: the shared CIFAR-10 / CelebA copies are

@@ -167,14 +167,6 @@ def test_typed_model_args_reads_flags_later_configs_and_model_yaml(tmp_path):
     assert typed_model_args(argv) == {"sampler", "sampling_steps", "ddim_eta", "noise_seed"}
 
 
-def test_inference_args_are_init_args_of_their_module():
-    from command_line.parser import init_parameters
-    from lightning_modules import BetaVAEModule, DiffusionModule, GANModule, VAEModule, ViTClassifier
-
-    for module in (BetaVAEModule, DiffusionModule, GANModule, VAEModule, ViTClassifier):
-        assert module.inference_args <= init_parameters(module), module.__name__
-
-
 # A tiny ViT for two training steps, through the console script: enough to see that the run happened.
 TWO_STEPS = ["--config", "configs/vit_mnist.yaml", *TINY_VIT, "--trainer.max_steps=2", "--trainer.limit_val_batches=1",
              "--data.init_args.num_workers=0", "--trainer.enable_model_summary=false"]

@@ -35,7 +35,8 @@ def vae_record(results) -> dict:
             "hardware": "CPU: test CPU, 2 cores, flags avx2", "gpu_run": False, "torch_threads": 2,
             "date": "2026-01-01", "commit": "abc1234", "runs": runs, "metrics": results.summarise(runs),
             "protocol": "MNIST test split (10,000 images)", "grid": "docs/results/vae_mnist.png",
-            "grid_caption": "prior samples"}
+            "grid_caption": "prior samples", "generative": True,
+            "metric_labels": [["test/nelbo", "-ELBO (nats)", "{:.2f}"], ["test/iwae_nll", "IWAE-100 NLL (nats)", "{:.2f}"]]}
 
 
 def test_results_md_is_rendered_from_the_results_file(results, tmp_path):
@@ -132,7 +133,7 @@ def test_a_table_from_before_tables_named_their_hardware_joins_a_new_one_on_the_
     earlier["runs"] = [run("earlier")]  # a table from before tables recorded their hardware and batch
     written = {}
     monkeypatch.setattr(results, "load_results", lambda: {"ddpm_mnist": {"hardware": cpu, "samplers": [earlier]}})
-    monkeypatch.setattr(results, "extra_sampler_table", lambda n, samplers: {
+    monkeypatch.setattr(results, "extra_sampler_table", lambda name, n, samplers: {
         **sampler_figures({"ddpm1000": 160.0}), "hardware": cpu, "batch": 64, "runs": [run("now")]})
     monkeypatch.setattr(results, "write", lambda r: written.update(r))
     results.main(["--sampler-table", "10000", "--samplers", "ddpm1000"])
@@ -147,12 +148,16 @@ def test_sampler_table_refuses_an_unknown_sampler(results, capsys):
     assert stop.value.code == 2 and "invalid choice: 'ddim7_eta0'" in capsys.readouterr().err
 
 
-def test_every_sampler_of_the_table_is_one_the_evaluation_runs(results):
+def test_every_sampler_of_a_table_is_one_the_evaluation_runs_with_its_network_calls(results):
     sys.path.insert(0, str(ROOT))
-    from benchmarks.ddpm_sampling_eval import sampler_arguments
+    from benchmarks.sampling import network_calls, sampler_arguments
 
     assert [sampler_arguments(name)["sampler"] for name in results.SAMPLERS[:2]] == ["ddpm", "ddim"]
-    assert all(sampler_arguments(name) for name in results.SAMPLERS)  # a bad name would raise ValueError
+    for row in results.ROWS.values():
+        assert all(sampler_arguments(name) for name in row.samplers)  # a bad name would raise ValueError
+    assert sampler_arguments("heun10") == {"solver": "heun", "steps": 10}
+    calls = {name: network_calls(name) for name in ("ddpm1000", "ddim50_eta1", "dpm_solver10", "euler20", "heun25")}
+    assert calls == {"ddpm1000": 1000, "ddim50_eta1": 50, "dpm_solver10": 10, "euler20": 20, "heun25": 50}
 
 
 def sampler_figures(seconds: dict[str, float], features: str = "ViT A", num_fid: int = 10_000) -> dict:
@@ -194,23 +199,19 @@ def test_a_sampler_table_joins_the_earlier_one_with_the_same_count_and_features(
 
 
 class CountingDiffusion:
-    """A stand-in for ``DiffusionModule`` whose sampler returns its initial noise and counts its calls."""
-
-    value_range = (-1.0, 1.0)
+    """A stand-in for a generative module whose sampler returns its initial noise, in [0, 1], and counts its calls."""
 
     def __init__(self):
         self.calls = 0
-        self.ema = type("EMA", (), {"module": None})()
-        self.diffusion = self
 
-    def sample(self, model, shape, noise, generator, progress, **sampler):
+    def sample(self, n, generator, noise, **sampler):
         self.calls += 1
-        return noise
+        return (noise + 1) / 2
 
 
 def test_a_stopped_sampler_run_resumes_from_its_saved_batches(tmp_path):
     sys.path.insert(0, str(ROOT))
-    from benchmarks.ddpm_sampling_eval import draw
+    from benchmarks.sampling import draw
 
     noise = torch.rand(150, 1, 4, 4) * 2 - 1
     (tmp_path / "ddim10_eta0").mkdir()
@@ -230,7 +231,7 @@ def test_a_stopped_sampler_run_resumes_from_its_saved_batches(tmp_path):
 
 def test_samplers_whose_every_batch_is_saved_are_named_as_reused_in_the_table(results, tmp_path):
     sys.path.insert(0, str(ROOT))
-    from benchmarks.ddpm_sampling_eval import draw
+    from benchmarks.sampling import draw
 
     noise = torch.zeros(150, 1, 4, 4)
     for name in ("ddim10_eta0", "dpm_solver10"):
@@ -251,7 +252,7 @@ def test_samplers_whose_every_batch_is_saved_are_named_as_reused_in_the_table(re
 
 def test_sampler_times_are_per_64_images_whatever_the_batch(tmp_path):
     sys.path.insert(0, str(ROOT))
-    from benchmarks.ddpm_sampling_eval import draw
+    from benchmarks.sampling import draw
 
     noise = torch.zeros(150, 1, 4, 4)
     draw(CountingDiffusion(), "ddim10_eta0", noise, tmp_path, "ckpt A", bf16=False, batch=128)
@@ -265,8 +266,24 @@ def test_sampler_times_are_per_64_images_whatever_the_batch(tmp_path):
 
 def test_the_real_images_of_the_floor_are_the_same_in_every_run():
     sys.path.insert(0, str(ROOT))
-    from benchmarks.ddpm_sampling_eval import real_images
+    from benchmarks.sampling import real_images
 
     first, again = real_images(64, train=True), real_images(64, train=True)
     assert first.shape == (64, 1, 32, 32) and torch.equal(first, again)
     assert not torch.equal(first, real_images(64, train=False))  # and the two splits differ
+
+
+def test_rows_with_sampler_tables_are_set_side_by_side_by_network_calls(results):
+    """ddpm_mnist and flow_mnist (the same U-Net and budget): their samplers at 10, 20 ... network calls each."""
+    ddpm = {**vae_record(results), "samplers": [{**sampler_figures({"ddim10_eta0": 0.7, "ddim20_eta1": 1.4}),
+                                                 "runs": [run("ddpm")]}]}
+    flow = {**vae_record(results), "samplers": [{**sampler_figures({"euler10": 0.8, "heun5": 0.9, "euler20": 1.5}),
+                                                 "runs": [run("flow")]}]}
+    lines = results.by_network_calls({"ddpm_mnist": ddpm, "flow_mnist": flow})
+    rows = [line.split(" | ")[:3] for line in lines if line.startswith("| 1") or line.startswith("| 2")]
+    assert rows == [["| 10", "ddpm_mnist", "ddim10_eta0"], ["| 10", "flow_mnist", "euler10"],
+                    ["| 10", "flow_mnist", "heun5"], ["| 20", "ddpm_mnist", "ddim20_eta1"],
+                    ["| 20", "flow_mnist", "euler20"]]
+    assert "10,000 samples each: ddpm_mnist, flow_mnist" in lines[0]
+    other_features = {**flow, "samplers": [{**flow["samplers"][0], "features": "ViT B"}]}
+    assert results.by_network_calls({"ddpm_mnist": ddpm, "flow_mnist": other_features}) == []  # FIDs not comparable

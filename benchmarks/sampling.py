@@ -1,12 +1,15 @@
-"""DDIM-50 vs 1000-step ancestral DDPM (or any list of samplers) from one trained DiffusionModule checkpoint: wall
-time and FID/KID.
+"""Samplers of one trained generative checkpoint (a DiffusionModule's DDPM-1000, DDIM, DPM-Solver++, or a
+FlowMatchingModule's Euler and Heun), each at its number of network calls: wall time and FID/KID.
 
-    python benchmarks/ddpm_sampling_eval.py --ckpt runs/ddpm_budget/budget.ckpt [--classifier vit_mnist.ckpt]
-    python benchmarks/ddpm_sampling_eval.py --ckpt ... --samplers ddpm1000 ddim100_eta0 ddim100_eta1 ddim50_eta0 \
+    python benchmarks/sampling.py --ckpt runs/ddpm_budget/budget.ckpt [--classifier vit_mnist.ckpt]
+    python benchmarks/sampling.py --ckpt ... --samplers ddpm1000 ddim100_eta0 ddim100_eta1 ddim50_eta0 \
         ddim50_eta1 ddim20_eta0 ddim20_eta1 ddim10_eta0 ddim10_eta1 dpm_solver20 dpm_solver10
+    python benchmarks/sampling.py --ckpt <flow_mnist ckpt> --samplers euler10 euler20 euler50 heun5 heun10 heun25
 
-(``benchmarks/ddpm_mnist_budget.py`` trains the checkpoint and then calls ``evaluate``.) All samplers use the EMA
-weights, the same initial noise, and bf16 autocast where it is native (CUDA, or a CPU with AVX-512 BF16 / AMX;
+(``benchmarks/ddpm_mnist_budget.py`` trains a checkpoint and then calls ``evaluate``; ``benchmarks/results.py`` draws
+the RESULTS.md sampler tables with it.) A sampler is the model's ``sample`` with settings named by ``sampler_arguments``.
+All samplers use the EMA weights, the same initial noise, and bf16 autocast where it is native (CUDA, or a CPU with
+AVX-512 BF16 / AMX;
 fp32 elsewhere, where bf16 is emulated and ~20x slower). They draw in batches of 64 on a CPU and of 1000 on a GPU
 (``BATCH``: 64 images leave a GPU idle between kernel launches); the time per 64 images is each batch's time scaled to
 64 images, median over the batches. The first 64 images of each sampler are saved as a grid.
@@ -32,27 +35,47 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.results import MNIST_CLASSIFIER  # noqa: E402
+from benchmarks.harness import MNIST_CLASSIFIER  # noqa: E402
 from compat import cpu_has_native_bf16  # noqa: E402
 from datamodules import MNISTDataModule  # noqa: E402
-from training.allocator import keep_freed_memory  # noqa: E402
-from lightning_modules.diffusion import DiffusionModule  # noqa: E402
-from lightning_modules.images import image_grid, save_png, to_unit_range  # noqa: E402
+from lightning_modules.base import GenerativeModule  # noqa: E402
+from lightning_modules.images import image_grid, save_png  # noqa: E402
 from lightning_modules.metrics import SampleQuality, kid_subset_size  # noqa: E402
+from lightning_modules.registry import project_class  # noqa: E402
+from training.allocator import keep_freed_memory  # noqa: E402
 
 SAMPLERS = {"ddim50": dict(sampler="ddim", num_steps=50, eta=0.0), "ddpm1000": dict(sampler="ddpm", num_steps=None)}
 BATCH = {"cpu": 64, "cuda": 1000}  # images drawn at once, per device type
 
 
 def sampler_arguments(name: str) -> dict:
-    """``ddim50``, ``ddpm1000``, ``ddim<steps>_eta<eta>`` or ``dpm_solver<steps>`` -> ``sample``'s arguments."""
+    """A sampler's name -> the model's ``sample`` arguments: DDPM's ``ddim50``, ``ddpm1000``,
+    ``ddim<steps>_eta<eta>``, ``dpm_solver<steps>``; rectified flow's ``euler<steps>`` and ``heun<steps>``."""
     if name in SAMPLERS:
         return SAMPLERS[name]
     if match := re.fullmatch(r"ddim(\d+)_eta([0-9.]+)", name):
         return dict(sampler="ddim", num_steps=int(match[1]), eta=float(match[2]))
     if match := re.fullmatch(r"dpm_solver(\d+)", name):
         return dict(sampler="dpm_solver", num_steps=int(match[1]))
-    raise ValueError(f"--samplers {name!r}: use ddim50, ddpm1000, ddim<steps>_eta<eta> or dpm_solver<steps>.")
+    if match := re.fullmatch(r"(euler|heun)(\d+)", name):
+        return dict(solver=match[1], steps=int(match[2]))
+    raise ValueError(f"--samplers {name!r}: use ddim50, ddpm1000, ddim<steps>_eta<eta>, dpm_solver<steps>, "
+                     f"euler<steps> or heun<steps>.")
+
+
+def network_calls(name: str) -> int:
+    """The network evaluations per image of a sampler: its steps, two per step for Heun, T = 1000 for DDPM."""
+    settings = sampler_arguments(name)
+    if settings.get("sampler") == "ddpm":
+        return 1000
+    steps = settings.get("num_steps") or settings["steps"]
+    return 2 * steps if settings.get("solver") == "heun" else steps
+
+
+def load_generative(ckpt: Path, device: str) -> GenerativeModule:
+    """The generative model a module14 checkpoint holds (its class looked up among the project's, never imported)."""
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["hyper_parameters"]["_class_path"]
+    return project_class(saved, GenerativeModule).load_from_checkpoint(ckpt, map_location=device)
 
 
 def real_images(n: int, train: bool) -> torch.Tensor:
@@ -88,7 +111,7 @@ def draw(module, name: str, noise: torch.Tensor, folder: Path, source: str, bf16
     index (its initial noise is ``noise``'s slice, its generator is seeded from the index), so a resumed run draws the
     same images an uninterrupted one would.
     """
-    device, shape = noise.device.type, tuple(noise.shape[1:])
+    device = noise.device.type
     folder.mkdir(parents=True, exist_ok=True)
     chunks, seconds, drawn = [], [], 0
     for start in range(0, len(noise), batch):
@@ -104,11 +127,11 @@ def draw(module, name: str, noise: torch.Tensor, folder: Path, source: str, bf16
         else:
             g = torch.Generator(device).manual_seed(1000 + start)
             begin = time.perf_counter()
+            chunk = noise[start:start + batch]
             with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-                x = module.diffusion.sample(module.ema.module, shape, noise=noise[start:start + batch], generator=g,
-                                            progress=False, **sampler_arguments(name))
-            saved = {"images": to_unit_range(x.float().cpu(), module.value_range),
-                     "seconds": time.perf_counter() - begin, "checkpoint": source, "batch": batch}
+                x = module.sample(len(chunk), g, noise=chunk, **sampler_arguments(name))
+            saved = {"images": x.float().cpu(), "seconds": time.perf_counter() - begin, "checkpoint": source,
+                     "batch": batch}
             torch.save(saved, path.with_suffix(".tmp"))
             path.with_suffix(".tmp").replace(path)  # a run stopped mid-save leaves no half-written batch
             print(f"{name}: images {start}-{start + len(x)} in {saved['seconds']:.1f}s", flush=True)
@@ -131,7 +154,7 @@ def evaluate(ckpt: Path, args) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    module = DiffusionModule.load_from_checkpoint(ckpt, map_location=device).eval()
+    module = load_generative(ckpt, device).eval()
     bf16 = torch.cuda.is_bf16_supported() if device == "cuda" else cpu_has_native_bf16()
     shape = tuple(module.hparams.image_shape)
     noise = torch.randn((args.num_fid, *shape), generator=torch.Generator().manual_seed(0)).to(device)
@@ -145,6 +168,7 @@ def evaluate(ckpt: Path, args) -> dict:
         if not drawn:
             results["reused"].append(name)
         results[f"{name}_seconds_64"] = float(f"{statistics.median(seconds):.4g}")  # per 64 images, median of batches
+        results[f"{name}_network_calls"] = network_calls(name)
         save_png(image_grid(samples[name][:64]), out / f"grid_{name}.png")
     results.update(speedups(results))
     add_quality(results, samples, args)
@@ -175,7 +199,8 @@ def main() -> None:
                         help="ViTClassifier checkpoint for the features (default: the vit_mnist row's; '' to skip)")
     parser.add_argument("--num-fid", type=int, default=128, help="samples per sampler (a multiple of 64)")
     parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS),
-                        help="ddim50, ddpm1000, ddim<steps>_eta<eta> (e.g. ddim100_eta0.5) or dpm_solver<steps>")
+                        help="ddim50, ddpm1000, ddim<steps>_eta<eta> (e.g. ddim100_eta0.5), dpm_solver<steps> for a "
+                             "DDPM; euler<steps>, heun<steps> for rectified flow")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     for name in args.samplers:
