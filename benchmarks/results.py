@@ -322,6 +322,15 @@ def extra_sampler_table(name: str, num_samples: int, samplers: list[str]) -> dic
                          sampler_table_command(name, num_samples, samplers))
 
 
+def earlier_sampler_tables(record: dict) -> dict:
+    """What a retrained row keeps of the record it replaces: its sampler tables (and those it kept), which belong to
+    the old checkpoint and the ViT of their day, shown apart from the new row's under the old row's commit."""
+    kept = list(record.get("earlier_samplers", []))
+    if record.get("samplers"):
+        kept.append({"commit": record["commit"], "date": record["date"], "tables": sampler_tables(record)})
+    return {"earlier_samplers": kept} if kept else {}
+
+
 def sampler_table_command(name: str, num_samples: int, samplers: list[str]) -> str:
     """The command that measures ``samplers`` into row ``name``'s ``num_samples`` table (all when none is named)."""
     return (f"python benchmarks/results.py --sampler-table {num_samples}"
@@ -448,17 +457,24 @@ def table_row(name: str, record: dict | None) -> str:
             f"`{record['command']}`<br>({record['date']}, commit {record['commit']}) |")
 
 
-def sampler_section(table: dict, name: str = "ddpm_mnist") -> list[str]:
-    """Row ``name``'s sampler table: FID, KID and time per sampler, speed-ups where DDPM-1000 or DDIM-50 was drawn."""
+def sampler_section(table: dict, name: str = "ddpm_mnist", earlier: dict | None = None) -> list[str]:
+    """Row ``name``'s sampler table: FID, KID and time per sampler, speed-ups where DDPM-1000 or DDIM-50 was drawn.
+    ``earlier``: the table belongs to the row's checkpoint before it was retrained (``earlier_sampler_tables``)."""
     kid = f"; KID on 100 subsets of {table['kid_subset_size']:,} samples" if "kid_subset_size" in table else ""
     samplers = ROWS[name].samplers
     references = [ref for ref in ("ddpm1000", "ddim50_eta0") if ref in samplers]
     headers = {"ddpm1000": "speed-up vs DDPM-1000", "ddim50_eta0": "speed-up vs DDIM-50 (η = 0)"}
-    lines = [f"### `{name}` samplers ({table['num_fid']:,} samples each, EMA weights, same initial noise)", "",
+    title = f"### `{name}` samplers ({table['num_fid']:,} samples each, EMA weights, same initial noise)"
+    if earlier:
+        title = (f"### `{name}` samplers of the earlier checkpoint (the row of commit {earlier['commit']}, "
+                 f"{earlier['date']}; {table['num_fid']:,} samples each)")
+    lines = [title, "",
              "; ".join(f"`{run['command']}` ({run['date']}, commit {run['commit']}{_reused(run)})"
                        for run in table["runs"])
-             + f", on the {name} row's checkpoint. "
-             f"FID and KID on the features of {table['features']}{kid}. "
+             + (f", on the {name} row's checkpoint of that commit, which the row no longer holds (nor, where the "
+                "features are another ViT's, that ViT): compare these figures only with each other. " if earlier
+                else f", on the {name} row's checkpoint. ")
+             + f"FID and KID on the features of {table['features']}{kid}. "
              f"Sampled on {table['hardware']}, {table['batch']} images at a time; "
              "s / 64 images is a batch's time scaled to 64 images, median over the batches.", "",
              "| sampler | FID (MNIST ViT) | KID | s / 64 images |" + "".join(f" {headers[r]} |" for r in references),
@@ -473,13 +489,13 @@ def sampler_section(table: dict, name: str = "ddpm_mnist") -> list[str]:
     lines += [f"| real train vs test (floor) | {floor['fid_vit']:.2f} | {floor['kid_vit']:.4f} | – |"
               + " – |" * len(references), ""]
     missing = [sampler for sampler in samplers if sampler not in table]
-    if missing:
+    if missing and not earlier:
         lines += [f"Not yet drawn at {table['num_fid']:,} samples: {', '.join(missing)} "
                   f"(`{sampler_table_command(name, table['num_fid'], missing)}` draws them, resuming from the batches "
                   "a stopped run saved)." + (" Until DDPM-1000 is in, the speed-ups against it are blank."
                                              if "ddpm1000" in missing else ""), ""]
     lines += _solver_target(table)
-    if table["num_fid"] < FID_SAMPLES:
+    if table["num_fid"] < FID_SAMPLES and not earlier:
         hours = (f": at the DDPM-1000 time above, its {FID_SAMPLES:,} samples ({FID_SAMPLES * 1000:,} U-Net "
                  f"evaluations of one image) take {table['ddpm1000_seconds_64'] * FID_SAMPLES / 64 / 3600:.1f} hours "
                  "on this hardware" if "ddpm1000" in table else "")
@@ -562,6 +578,9 @@ def render(results: dict[str, dict]) -> str:
     for name in ROWS:
         for table in sorted(sampler_tables(results.get(name, {})), key=lambda t: -t["num_fid"]):
             lines += sampler_section(table, name)
+        for earlier in results.get(name, {}).get("earlier_samplers", []):
+            for table in sorted(earlier["tables"], key=lambda t: -t["num_fid"]):
+                lines += sampler_section(table, name, earlier)
     lines += by_network_calls({name: record for name, record in results.items() if name in ROWS})
     grids = [(name, r) for name, r in results.items() if name in ROWS]
     if grids:
@@ -616,7 +635,7 @@ def main(argv: list[str] | None = None) -> None:
         table = extra_sampler_table(args.sampler_row, args.sampler_table, samplers)
     results = load_results()  # read after measuring: rows measured at the same time keep each other's records
     if record is not None:
-        results[args.row] = record  # a retrained row drops the sampler tables of its old checkpoint
+        results[args.row] = {**record, **earlier_sampler_tables(results.get(args.row, {}))}
     if table is not None:
         owner = results[args.sampler_row]
         owner["samplers"] = merge_sampler_table(sampler_tables(owner), table, ROWS[args.sampler_row].samplers)

@@ -287,3 +287,18 @@ def test_rows_with_sampler_tables_are_set_side_by_side_by_network_calls(results)
     assert "10,000 samples each: ddpm_mnist, flow_mnist" in lines[0]
     other_features = {**flow, "samplers": [{**flow["samplers"][0], "features": "ViT B"}]}
     assert results.by_network_calls({"ddpm_mnist": ddpm, "flow_mnist": other_features}) == []  # FIDs not comparable
+
+
+def test_a_retrained_row_keeps_its_old_sampler_tables_apart_under_the_old_commit(results, tmp_path):
+    """The 10,000-sample table of a checkpoint took hours: retraining the row keeps it, labelled as the old one's."""
+    old = {**vae_record(results), "commit": "old1234", "date": "2026-11-30",
+           "samplers": [{**sampler_figures({"ddpm1000": 75.0, "ddim50_eta0": 3.7}), "runs": [run("old table")]}]}
+    new = {**vae_record(results), "commit": "new5678", "samplers": [
+        {**sampler_figures({"ddim50_eta0": 3.6}, features="ViT B", num_fid=512), "runs": [run("new table")]}]}
+    record = {**new, **results.earlier_sampler_tables(old)}
+    assert results.earlier_sampler_tables(record)["earlier_samplers"][0]["commit"] == "old1234"  # kept when retrained again
+    results.write({"ddpm_mnist": record}, tmp_path / "results.json", tmp_path / "RESULTS.md")
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert text.index("### `ddpm_mnist` samplers (512 samples each") < text.index(
+        "### `ddpm_mnist` samplers of the earlier checkpoint (the row of commit old1234, 2026-11-30; 10,000 samples each)")
+    assert "which the row no longer holds" in text and "| ddpm1000 | 5.00 | 0.2000 | 75 | – | – |" in text
