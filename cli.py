@@ -86,10 +86,11 @@ def user_message(err: BaseException) -> str:
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors whose message says what is wrong and how to fix it: the console script prints it, not a traceback."""
     from datamodules import DatasetIntegrityError
+    from training.checkpointing import CheckpointWriteError
     from training.stopping import NonFiniteLossError
 
     return (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
-            DatasetIntegrityError, NonFiniteLossError)
+            DatasetIntegrityError, NonFiniteLossError, CheckpointWriteError)
 
 
 def main(args: list[str] | None = None) -> int:
@@ -115,6 +116,15 @@ def main(args: list[str] | None = None) -> int:
             if os.environ.get("MODULE14_TRACEBACK"):
                 raise
             print(f"error: {user_message(err)}\n(MODULE14_TRACEBACK=1 shows where it was raised)", file=sys.stderr)
+            status = 1
+        except Exception as err:
+            if os.environ.get("MODULE14_TRACEBACK") or not type(err).__module__.startswith("wandb"):
+                raise
+            what = user_message(err).splitlines()[0].rstrip(".")
+            print(f"error: W&B ({os.environ.get('WANDB_MODE', 'offline')} mode): {what}. "
+                  f"Log in with `wandb login`, or train offline (WANDB_MODE=offline, the default) and upload the run "
+                  f"later with `wandb sync <its folder>`.\n(MODULE14_TRACEBACK=1 shows where it was raised)",
+                  file=sys.stderr)
             status = 1
     except SystemExit as stop:  # --help / --print_config (0), a usage error (2), Lightning's Ctrl-C shutdown (1)
         if stop.code is None or isinstance(stop.code, int):

@@ -22,7 +22,7 @@ from jsonargparse import Namespace
 from command_line.parser import import_class, init_parameters, say
 from lightning_modules.registry import project_class, project_class_names
 from training.precision import PRECISION_KEY
-from training.runs import WANDB_RUN_KEY, requeued_checkpoint, requeued_job, run_checkpoint
+from training.runs import WANDB_RUN_KEY, experiment_identity, requeued_checkpoint, requeued_job, run_checkpoint
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used with this run's config."""
@@ -68,7 +68,31 @@ def read_checkpoint(path: str) -> dict:
             f"checkpoint '{path}' holds NaN or infinite weights ({', '.join(non_finite[:3])}{more}): it was saved "
             f"after training diverged, and every result computed with it would be NaN. {use_another}"
         )
+    if _non_finite(checkpoint.get("optimizer_states")):
+        raise CheckpointError(
+            f"checkpoint '{path}' holds NaN or infinite optimizer state (Adam's moments): resuming from it would turn "
+            f"the weights NaN at the first step. {use_another}"
+        )
     return checkpoint
+
+
+def batches_into_epoch(checkpoint: dict) -> int:
+    """How many training batches of its epoch a checkpoint's data loader had given (0 at an epoch boundary)."""
+    loaders = (((checkpoint.get("loops") or {}).get("fit_loop") or {}).get("state_dict") or {}).get("combined_loader")
+    loader = loaders[0] if isinstance(loaders, list) and loaders and isinstance(loaders[0], dict) else {}
+    yielded = loader.get("_num_yielded", 0)
+    return yielded if isinstance(yielded, int) and not loader.get("_iterator_finished") else 0
+
+
+def _non_finite(value: Any) -> bool:
+    """Whether a nested structure of tensors holds a NaN or infinite float."""
+    if isinstance(value, torch.Tensor):
+        return value.is_floating_point() and not torch.isfinite(value).all().item()
+    if isinstance(value, dict):
+        return any(_non_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_non_finite(v) for v in value)
+    return False
 
 
 # Checkpoint hyperparameters that are not merged into the run's config: Lightning's bookkeeping, and ``compile`` and
@@ -180,6 +204,7 @@ class CheckpointConfig:
         self._checkpoint_data_hparams: dict = {}
         self._wandb_run: dict | None = None
         self._checkpoint_precision: str | None = None
+        self._checkpoint_batches_into_epoch = 0
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if not ckpt_path and subcommand == "fit" and requeued_job():
@@ -192,6 +217,11 @@ class CheckpointConfig:
         refuse_remote(str(ckpt_path))
         if ckpt_path in ("best", "last"):
             ckpt_path = self.config[subcommand].ckpt_path = self._run_checkpoint(ckpt_path)
+        if Path(ckpt_path).is_dir():
+            found = sorted(p.name for p in Path(ckpt_path).glob("*.ckpt"))[:5]
+            raise CheckpointError(
+                f"--ckpt_path '{ckpt_path}' is a folder: pass a checkpoint file"
+                + (f" in it ({', '.join(found)})" if found else ", e.g. <run folder>/checkpoints/last.ckpt") + ".")
         if not Path(ckpt_path).is_file():
             return  # "hpc" or a missing file: Lightning's own handling and message
         checkpoint = read_checkpoint(ckpt_path)
@@ -199,6 +229,7 @@ class CheckpointConfig:
         self._checkpoint_data_hparams = checkpoint.get("datamodule_hyper_parameters", {})
         self._wandb_run = checkpoint.get(WANDB_RUN_KEY)
         self._checkpoint_precision = checkpoint.get(PRECISION_KEY)
+        self._checkpoint_batches_into_epoch = batches_into_epoch(checkpoint)
         del checkpoint  # the weights: Lightning loads them again when it restores
         hparams = {k: v for k, v in self._checkpoint_hparams.items() if k not in NOT_FROM_CHECKPOINT}
         wanted = self.config[subcommand].model.class_path
@@ -225,9 +256,13 @@ class CheckpointConfig:
         return save_dir, init_args.get("name") if init_args else None
 
     def _run_checkpoint(self, which: str) -> str:
-        """``--ckpt_path best|last``: the checkpoint of the newest run of this experiment (``runs.run_checkpoint``)."""
-        save_dir, name = self._runs_root()
-        path = run_checkpoint(which, save_dir, self.config[self.config.subcommand].model.class_path, name)
+        """``--ckpt_path best|last``: the checkpoint of the newest run of this experiment (``runs.run_checkpoint``):
+        a run whose model and data settings are this command's (``runs.experiment_identity``)."""
+        config = self.config[self.config.subcommand]
+        model, data = plain(config.model), plain(config.data)
+        inference = getattr(import_class(model["class_path"]), "inference_args", frozenset())
+        identity = experiment_identity(model, data, inference)
+        path = run_checkpoint(which, self._runs_root()[0], identity, inference)
         say(f"--ckpt_path {which} is {path}")
         return path
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from command_line.checkpoints import CheckpointError, plain
-from command_line.parser import DATA_LINKS
+from command_line.parser import DATA_LINKS, say
 
 
 class SettingChecks:
@@ -24,14 +24,39 @@ class SettingChecks:
     _typed_values: dict[str, Any]
     _checkpoint_hparams: dict
     _checkpoint_data_hparams: dict
+    _checkpoint_batches_into_epoch: int
 
     def after_instantiate_classes(self) -> None:
         """Settings that only make sense together are checked before any work: the validation split against the
         subcommand and monitored metrics, and the checkpoint against the datamodule (shapes, classes, data split)."""
         self._check_validation_split()
-        if self.subcommand == "fit":
+        if self.subcommand in ("fit", "validate"):
             self._check_resumed_split()
+        if self.subcommand == "fit":
+            self._say_what_a_mid_epoch_resume_loses()
         self._check_checkpoint_shapes()
+        self._check_typed_settings_act()
+
+    def _say_what_a_mid_epoch_resume_loses(self) -> None:
+        """Resuming mid-epoch with another batch size or worker count: the loader continues at the same batch number,
+        so the rest of that epoch is not the images the checkpoint had left; said in one line, not refused."""
+        saved, now = self._checkpoint_data_hparams, getattr(self.datamodule, "hparams", {})
+        into = self._checkpoint_batches_into_epoch
+        changed = [f"data.{key} {saved[key]} -> {now[key]}" for key in ("batch_size", "num_workers")
+                   if into and key in saved and key in now and saved[key] != now[key]]
+        if changed:
+            say(f"resuming {into} batches into an epoch with {', '.join(changed)}: the rest of this epoch is not the "
+                f"images the checkpoint had left (its position counts the old batches); from the next epoch on, "
+                f"training is as usual. Resume with the checkpoint's data settings to continue exactly.")
+
+    def _check_typed_settings_act(self) -> None:
+        """A model argument typed on the command line that the model's other settings make a no-op is refused."""
+        ignored = getattr(self.model, "ignored_settings", dict)()
+        for key in sorted(self._typed_model_args & ignored.keys()):
+            raise ValueError(
+                f"--model.init_args.{key}={self._typed_values.get(key)!r} does nothing here: {ignored[key]}. Drop the "
+                f"flag, or choose the setting it belongs to."
+            )
 
     def _check_checkpoint_shapes(self) -> None:
         """A checkpoint trained on other image shapes/classes than the datamodule provides is a ``CheckpointError``."""
@@ -70,15 +95,17 @@ class SettingChecks:
             )
 
     def _check_resumed_split(self) -> None:
-        """Resuming ``fit`` with another train/val split (``data.seed``, ``data.val_size``) would validate on images
-        the checkpoint was trained on; refused, naming what changed."""
+        """Resuming ``fit``, or validating a checkpoint, with another train/val split (``data.seed``,
+        ``data.val_size``) would validate on images the checkpoint was trained on; refused, naming what changed. The
+        test split is the dataset's own and never overlaps the training one."""
         saved, now = self._checkpoint_data_hparams, getattr(self.datamodule, "hparams", {})
         changed = [f"data.{key}={saved[key]!r} -> {now[key]!r}" for key in ("seed", "val_size")
                    if key in saved and key in now and saved[key] != now[key]]
         if changed:
+            doing = "resuming from" if self.subcommand == "fit" else "validating"
             raise CheckpointError(
-                f"resuming from '{self.config.fit.ckpt_path}' with another train/val split ({', '.join(changed)}): "
-                f"the new validation images include ones the checkpoint was trained on, so its metrics and best "
-                f"checkpoint would be meaningless. Resume with the checkpoint's data settings (the config.yaml beside "
-                f"it), or start a new run without --ckpt_path."
+                f"{doing} '{self.config[self.subcommand].ckpt_path}' with another train/val split "
+                f"({', '.join(changed)}): the new validation images include ones the checkpoint was trained on, so its "
+                f"metrics (and best checkpoint) would be meaningless. Use the checkpoint's data settings (the "
+                f"config.yaml beside it){', or start a new run without --ckpt_path' if self.subcommand == 'fit' else ''}."
             )

@@ -19,7 +19,8 @@ from lightning.pytorch.plugins import TorchCheckpointIO
 import lightning_modules  # noqa: F401  (registers the model classes for --model ShortName)
 from command_line.checkpoints import CheckpointConfig, typed_model_args
 from command_line.checks import SettingChecks
-from command_line.parser import DATA_LINKS, SUBCOMMANDS, Module14Parser, init_parameters, say
+from command_line.parser import (DATA_LINKS, SUBCOMMANDS, Module14Parser, init_parameters,
+                                 refuse_what_argv_would_import_or_expand, say)
 from compat import CLIHooks
 from datamodules import ImageDataModule
 from training.allocator import keep_freed_memory
@@ -101,9 +102,12 @@ class Module14CLI(CheckpointConfig, SettingChecks, CLIHooks):
         parser.add_lightning_class_args(PrecisionRecord, "precision_record")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
-        """Parses, and records which model init args the user typed (and their values) for ``--ckpt_path``."""
-        super().parse_arguments(parser, args)
+        """Parses, and records which model init args the user typed (and their values) for ``--ckpt_path``; what
+        would import a foreign module or expand without bound is refused before parsing reads it."""
         argv = sys.argv[1:] if args is None else args
+        if isinstance(argv, list) and (problem := refuse_what_argv_would_import_or_expand(argv)):
+            parser.error(problem)
+        super().parse_arguments(parser, args)
         self._typed_model_args = typed_model_args(argv) if isinstance(argv, list) else set()
         subcommand = self.config.get("subcommand")
         init_args = (self.config[subcommand] if subcommand else self.config).model.get("init_args") or Namespace()
@@ -154,6 +158,8 @@ def build_cli(args: ArgsType = None, run: bool = True) -> Module14CLI:
     os.environ.setdefault("WANDB_MODE", "offline")  # no account or network needed; WANDB_MODE=online to sync
     if os.environ["WANDB_MODE"] == "offline":  # fit's summary says where the run is and how to sync it
         os.environ.setdefault("WANDB_SILENT", "true")
+    else:  # an unreachable server fails after 30 s, not W&B's default 90 and more
+        os.environ.setdefault("WANDB_INIT_TIMEOUT", "30")
     filter_known_noise()
     keep_freed_memory()
     exact = {"allow_abbrev": False}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import os
 import re
 import sys
 from collections.abc import Iterator
@@ -77,6 +78,78 @@ class Module14Parser(ParserBeforeValidation):
         print(f"{command}: error: {usage_error(message, parser)}. `{command} --help` lists every option.",
               file=sys.stderr)
         sys.exit(2)
+
+
+# Modules outside module14 whose model / data classes the CLI may import (comma-separated, e.g. your own families
+# while you develop them outside lightning_modules/); any other dotted class path is refused before it is imported.
+TRUSTED_MODULES_ENV = "MODULE14_MODULES"
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB; a larger one is not one
+MAX_CONFIG_NODES = 100_000  # values in a config once its YAML aliases are expanded (a few KB can expand to gigabytes)
+
+
+def expanded_size(node, sizes: dict[int, int] | None = None) -> int:
+    """The number of values a composed YAML node stands for with its aliases expanded, computed without expanding
+    them (an alias is the same node object again, so each node is counted once and its size reused)."""
+    import yaml
+
+    sizes = {} if sizes is None else sizes
+    if id(node) not in sizes:
+        sizes[id(node)] = 0  # a node that contains itself (a recursive alias) counts once
+        children = node.value if isinstance(node, yaml.SequenceNode) else \
+            [part for pair in node.value for part in pair] if isinstance(node, yaml.MappingNode) else []
+        sizes[id(node)] = 1 + sum(expanded_size(child, sizes) for child in children)
+    return sizes[id(node)]
+
+
+def refuse_what_argv_would_import_or_expand(argv: list[str]) -> str | None:
+    """What is wrong with ``argv`` before jsonargparse reads it, as one line, or None: a ``--model`` / ``--data``
+    class (on the command line or in a ``--config``) that is not one of module14's but a dotted path, which parsing
+    would import (running its module's top-level code) before refusing it; a config file over ``MAX_CONFIG_BYTES`` or
+    with more than ``MAX_CONFIG_ALIASES`` YAML aliases."""
+    import lightning as L
+    import yaml
+
+    from lightning_modules.registry import families, project_class, project_class_names
+
+    bases = {"model": L.LightningModule, "data": L.LightningDataModule}
+    named: list[tuple[str, str]] = []  # (option, class name)
+    tokens = iter(argv)
+    for token in tokens:
+        name, has_value, value = token.partition("=")
+        key = name.removeprefix("--").removesuffix(".class_path")
+        if key in bases or name in ("--config", "-c"):
+            value = value if has_value else next(tokens, "")
+        if key in bases:
+            named.append((key, value))
+        elif name in ("--config", "-c") and Path(value).is_file():
+            path = Path(value)
+            if path.stat().st_size > MAX_CONFIG_BYTES:
+                return f"--config {value} is {path.stat().st_size:,} bytes, more than a config ({MAX_CONFIG_BYTES:,})"
+            text = path.read_text(errors="replace")
+            try:
+                node = yaml.compose(text, Loader=yaml.SafeLoader)
+                size = expanded_size(node) if node is not None else 0
+                loaded = yaml.safe_load(text) if size <= MAX_CONFIG_NODES else None
+            except (yaml.YAMLError, RecursionError):
+                continue  # jsonargparse says what is wrong with it
+            if size > MAX_CONFIG_NODES:
+                return (f"--config {value} stands for {size:,} values once its YAML aliases are expanded, more than "
+                        f"a config ({MAX_CONFIG_NODES:,})")
+            for section in bases:
+                part = loaded.get(section) if isinstance(loaded, dict) else None
+                if isinstance(part, dict) and isinstance(part.get("class_path"), str):
+                    named.append((section, part["class_path"]))
+                elif isinstance(part, str):
+                    named.append((section, part))
+    trusted = {name.strip() for name in os.environ.get(TRUSTED_MODULES_ENV, "").split(",") if name.strip()}
+    for section, class_name in named:
+        dotted = re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", class_name)
+        if dotted and project_class(class_name, bases[section]) is None and \
+                class_name.rpartition(".")[0] not in trusted:
+            known = [cls.__name__ for cls in families()] if section == "model" else project_class_names(bases[section])
+            return (f"--{section} {class_name}: not one of module14's {section} classes ({', '.join(known)}); a "
+                    f"class path outside them is not imported unless its module is named in ${TRUSTED_MODULES_ENV}")
+    return None
 
 
 def usage_error(message: str, parser: ParserBeforeValidation) -> str:

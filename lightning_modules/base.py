@@ -48,6 +48,11 @@ class FamilyModule(L.LightningModule):
         """The ``test/`` metrics RESULTS.md reports for this model: key -> (label, format)."""
         return {}
 
+    def ignored_settings(self) -> dict[str, str]:
+        """The arguments this model's other settings make no-ops, each with why: typed on the command line, the CLI
+        refuses them (an option that does nothing is an error naming it)."""
+        return {}
+
     def refuse_channels_last_without_convolutions(self) -> None:
         """``channels_last: true`` on a model with no convolution would do nothing: refused, naming the fix."""
         if self.hparams.get("channels_last") and not any(isinstance(m, nn.Conv2d) for m in self.modules()):

@@ -129,6 +129,9 @@ class ImageWriter(BasePredictionWriter):
 
     def __init__(self, output_dir: str = "outputs/samples", grid_size: int = 64) -> None:
         super().__init__(write_interval="batch")
+        if grid_size < 1:
+            raise ValueError(f"ImageWriter(grid_size={grid_size}) would write no grid.png: give the number of images "
+                             f"it shows (at least 1; 64 by default).")
         self.output_dir = Path(output_dir)
         self.grid_size = grid_size
         self.run_dir: Path | None = None  # this predict's folder

@@ -125,6 +125,15 @@ class DiffusionModule(GenerativeModule):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         return loss
 
+    def ignored_settings(self) -> dict[str, str]:
+        sampler = self.hparams.sampler
+        ignored = {}
+        if sampler != "ddim":
+            ignored["ddim_eta"] = f"DDIM's η applies to sampler ddim, and {sampler} takes none"
+        if sampler != "ddpm":
+            ignored["ddpm_variance"] = f"the ancestral sampler's σ² applies to sampler ddpm, not {sampler}"
+        return ignored
+
     def reported_metrics(self) -> dict[str, tuple[str, str]]:
         target = {"eps": "ε", "x0": "x0", "v": "v"}[self.hparams.prediction]
         return {"test/loss": (f"test {target}-MSE", "{:.4f}")}

@@ -80,10 +80,12 @@ class InceptionFeatures(nn.Module):
                 "pip install 'module14[inception]' (or use features: classifier with a ViTClassifier checkpoint)."
             )
         from torchmetrics.image.fid import NoTrainInceptionV3
+        weights = inception_weights_file(weights_path)
         self.net = NoTrainInceptionV3(
             name="inception-v3-compat", features_list=[str(self.num_features)],
-            feature_extractor_weights_path=str(inception_weights_file(weights_path)),
+            feature_extractor_weights_path=str(weights),
         )
+        refuse_non_finite_weights(self.net, str(weights))
 
     def forward(self, images: Tensor) -> Tensor:
         if images.shape[1] == 1:
@@ -128,6 +130,7 @@ class ClassifierFeatures(nn.Module):
         )
         state = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
         self.net.load_state_dict(state)
+        refuse_non_finite_weights(self.net, checkpoint)
         self.net.eval().requires_grad_(False)
         mean, std = hp["normalization_mean_std"]
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
@@ -163,6 +166,19 @@ class _Precomputed(nn.Module):
 def kid_subset_size(n: int) -> int:
     """KID's subset size for n samples: Bińkowski et al.'s 1000, or n / 2 below 2000 (so the subsets differ)."""
     return min(1000, n // 2)
+
+
+class NonFiniteFeaturesError(ValueError):
+    """FID/KID would be computed from NaN or infinite images, features or feature-network weights."""
+
+
+def refuse_non_finite_weights(network: nn.Module, source: str) -> None:
+    """A feature network with a NaN or infinite weight gives NaN features: refused, naming the file and a tensor."""
+    for name, value in network.state_dict().items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise NonFiniteFeaturesError(
+                f"the FID/KID feature network from '{source}' holds NaN or infinite weights ({name}): every FID and "
+                f"KID on it would be NaN. Use another checkpoint of the classifier (or retrain it).")
 
 
 class SampleQuality(nn.Module):
@@ -209,7 +225,19 @@ class SampleQuality(nn.Module):
 
     @torch.no_grad()
     def update(self, images: Tensor, real: bool) -> None:
+        """Adds the features of ``images`` (in [0, 1]); non-finite images or features are refused, naming which: one
+        NaN makes FID and KID NaN."""
+        which = "real" if real else "generated"
+        if not torch.isfinite(images).all():
+            raise NonFiniteFeaturesError(
+                f"FID/KID: the {which} images hold NaN or infinite pixels"
+                + ("" if real else " (the model's samples diverged: check its last checkpoint's weights)")
+                + "; FID and KID of them would be NaN.")
         features = self.extractor(images.to(self.fid.real_features_sum.device)).double()
+        if not torch.isfinite(features).all():
+            raise NonFiniteFeaturesError(
+                f"FID/KID: the feature network ({self.name}) gives NaN or infinite features for the {which} images; "
+                f"FID and KID of them would be NaN. Check the feature network's weights.")
         self.fid.update(features, real=real)
         self.kid.update(features, real=real)
 

@@ -41,7 +41,8 @@ def test_checkpoints_load_without_pickled_code(vit_checkpoint):
     assert "state_dict" in torch.load(vit_checkpoint, weights_only=True)
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(run_cli, tmp_path):
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(run_cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("MODULE14_MODULES", "rank_state")  # a test model outside module14, imported on purpose
     every_2 = ["--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.init_args.every_n_train_steps=2",
                "--trainer.callbacks.init_args.save_top_k=-1", "--trainer.callbacks.init_args.dirpath=good",
                "--trainer.callbacks.init_args.filename={step}"]

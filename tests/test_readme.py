@@ -90,5 +90,4 @@ def test_best_after_a_run_that_never_validated_names_its_last_checkpoint(tmp_pat
     (last,) = tmp_path.glob("runs/module14/*/checkpoints/last.ckpt")
     assert test.returncode == 1
     assert (f"--ckpt_path best: the newest run of this experiment stopped at step 2, before its first validation, so it "
-            f"has no best checkpoint yet; use --ckpt_path last (that run's runs/module14/{last.parent.parent.name}/"
-            f"checkpoints/last.ckpt)") in test.stderr
+            f"has no best checkpoint yet; use --ckpt_path last (that run's {last.resolve()})") in test.stderr

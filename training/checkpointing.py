@@ -127,11 +127,15 @@ class SafeCheckpointIO(TorchCheckpointIO):
                 torch.save(checkpoint, f)
                 f.flush()
                 os.fsync(f.fileno())
-        except OSError as err:
+        except (OSError, RuntimeError) as err:
+            # torch's zip writer reports a failed write (a full disk) as RuntimeError("... file write failed")
+            if isinstance(err, RuntimeError) and "write failed" not in str(err) and "PytorchStreamWriter" not in str(err):
+                raise
+            why = err.strerror if isinstance(err, OSError) and err.strerror else str(err).strip().splitlines()[-1]
             raise CheckpointWriteError(
-                f"cannot write checkpoint '{path}': {err.strerror or err} ({_free_space(path.parent)} free in "
-                f"'{path.parent}'). Nothing was written under that name and earlier checkpoints are untouched. Free "
-                f"some space (or point the checkpoint callback's dirpath elsewhere) and resume from the run's last.ckpt."
+                f"cannot write checkpoint '{path}': {why} ({_free_space(path.parent)} free in '{path.parent}'). "
+                f"Nothing was written under that name and earlier checkpoints are untouched. Free some space (or "
+                f"point the checkpoint callback's dirpath elsewhere) and resume from the run's last.ckpt."
             ) from err
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
 
 from training.distributed import gather_objects
 
@@ -78,10 +79,24 @@ class RNGStateCheckpoint(Callback):
         return {"rng_states": gather_objects([_rng_states()])}  # one entry per rank
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._to_restore = state_dict["rng_states"]
+        self._to_restore = state_dict.get("rng_states") if isinstance(state_dict, dict) else None
+        if not isinstance(self._to_restore, list):
+            self._to_restore = []  # says so at the first step
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
-        if self._to_restore is not None:
-            if len(self._to_restore) == trainer.world_size:
-                _set_rng(self._to_restore[trainer.global_rank])
-            self._to_restore = None
+        if self._to_restore is None:
+            return
+        states, self._to_restore = self._to_restore, None
+        why = None
+        if len(states) != trainer.world_size:
+            why = (f"they were saved by {len(states)} process(es) and this run has {trainer.world_size}"
+                   if states else "they are missing or unreadable")
+        else:
+            try:
+                _set_rng(states[trainer.global_rank])
+            except (KeyError, TypeError, ValueError, RuntimeError) as err:
+                why = f"they are unreadable ({type(err).__name__}: {err})"
+        if why:
+            rank_zero_warn(f"the checkpoint's random states were not restored: {why}. Training continues with fresh "
+                           f"random streams, so it will not retrace the run it resumes (its weights and data "
+                           f"position are restored).")

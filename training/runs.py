@@ -12,12 +12,16 @@ summary ``fit`` prints at its end.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
 import secrets
 import shlex
 import shutil
 import string
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,39 +41,77 @@ class RunNotFoundError(FileNotFoundError):
     """``--ckpt_path best|last`` found no run of this experiment to take the checkpoint from."""
 
 
-def _same_experiment(config_file: Path, model_class: str, logger_name: str | None) -> bool:
-    """Whether a run's saved ``config.yaml`` is of the same model class and logger name."""
-    try:
-        saved = yaml.safe_load(config_file.read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return False
-    saved_model = (saved.get("model") or {}).get("class_path", "")
-    loggers = (saved.get("trainer") or {}).get("logger")
-    first = (loggers[0] if isinstance(loggers, list) and loggers else loggers) or {}
-    saved_name = (first.get("init_args") or {}).get("name") if isinstance(first, dict) else None
-    same_class = saved_model.rsplit(".", 1)[-1] == model_class.rsplit(".", 1)[-1]
-    return same_class and saved_name == logger_name
+# What does not make another experiment: how the data are loaded and where from, and the settings chosen at predict.
+NOT_THE_EXPERIMENT = {"data": {"data_dir", "download", "verify_integrity", "batch_size", "num_workers", "pin_memory",
+                               "persistent_workers", "predict_size"},
+                      # sizes the datamodule links into the model (config.yaml leaves them out: the data decide them)
+                      "model": {"image_shape", "num_classes", "value_range", "normalization_mean_std"}}
+SEARCH_DEPTH = 5  # folders below the runs' root where a run's config.yaml may lie (W&B: <project>/<id>/checkpoints)
 
 
-def run_checkpoint(which: str, search_root: str | Path, model_class: str, logger_name: str | None) -> str:
+def experiment_identity(model: dict, data: dict, inference_args: frozenset[str] = frozenset()) -> str:
+    """The identity of an experiment: a hash of its resolved model and data settings (class and arguments), less
+    those that do not change what is trained (``NOT_THE_EXPERIMENT``, the model's inference arguments). Two runs of
+    one config with the same settings share it, whatever their budget or logger; a changed learning rate, another
+    architecture or data split does not."""
+    def section(part: dict, leave_out: set[str]) -> dict:
+        init = {k: v for k, v in (part.get("init_args") or {}).items() if k not in leave_out}
+        return {"class": str(part.get("class_path", "")).rsplit(".", 1)[-1], "init_args": init}
+
+    canonical = {"model": section(model, NOT_THE_EXPERIMENT["model"] | set(inference_args)),
+                 "data": section(data, NOT_THE_EXPERIMENT["data"])}
+    text = json.dumps(canonical, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _run_records(root: Path) -> Iterator[Path]:
+    """Every ``config.yaml`` beside a ``last*.ckpt`` within ``SEARCH_DEPTH`` folders below ``root``."""
+    for depth in range(SEARCH_DEPTH + 1):
+        for config in root.glob("/".join(["*"] * depth + ["config.yaml"])):
+            if any(config.parent.glob("last*.ckpt")):
+                yield config
+
+
+def run_checkpoint(which: str, search_root: str | Path, identity: str, inference_args: frozenset[str] = frozenset()) -> str:
     """The checkpoint ``--ckpt_path last`` or ``best`` means in a new process: from the newest run of this experiment.
 
-    A run is a checkpoint folder under ``search_root`` (the logger's ``save_dir``) holding ``last.ckpt`` and the
-    ``config.yaml`` module14 saves beside it, with the same model class and logger name. The newest is the one whose
-    ``last.ckpt`` was written last; ``best`` is the best checkpoint that run's checkpoint callback recorded.
+    A run is a checkpoint folder under ``search_root`` (the logger's ``save_dir``) with the ``config.yaml`` module14
+    saves beside its ``last.ckpt`` (or ``last-v1.ckpt``, ... when two fits resumed into one folder); it is of this
+    experiment when its settings have ``identity`` (``experiment_identity``). The newest is the one whose last
+    checkpoint was written last; ``best`` is the best checkpoint that run's checkpoint callback recorded. A run record
+    that cannot be read, or two runs written at the same moment, are refused with the candidates named.
     """
-    root = Path(search_root)
-    runs = [
-        last for last in root.glob("**/last.ckpt")
-        if _same_experiment(last.with_name("config.yaml"), model_class, logger_name)
-    ]
-    experiment = f"model {model_class.rsplit('.', 1)[-1]}, logger name {logger_name!r}"
-    if not runs:
+    root = Path(search_root).resolve()
+    if root == Path(root.anchor) or root == Path.home():
+        raise RunNotFoundError(f"--ckpt_path {which}: the runs' root is '{root}', which would search the whole "
+                               f"{'filesystem' if root == Path(root.anchor) else 'home folder'}: give the logger a "
+                               f"save_dir (the configs use runs/), or pass a checkpoint file.")
+    matching, unreadable = [], []
+    for config in _run_records(root):
+        try:
+            saved = yaml.safe_load(config.read_text())
+            model, data = saved["model"], saved["data"]
+        except (OSError, yaml.YAMLError, TypeError, KeyError) as err:
+            unreadable.append(f"{config} ({type(err).__name__})")
+            continue
+        if experiment_identity(model, data, inference_args) == identity:
+            matching.extend(config.parent.glob("last*.ckpt"))
+    if unreadable:
         raise RunNotFoundError(
-            f"--ckpt_path {which}: no run of this experiment ({experiment}) under '{root.resolve()}' has a last.ckpt "
-            f"beside its config.yaml. Train one with `module14 fit` and this config, or pass a checkpoint file."
-        )
-    last = max(runs, key=lambda p: p.stat().st_mtime)
+            f"--ckpt_path {which}: the record of {len(unreadable)} run(s) under '{root}' cannot be read, so which run "
+            f"is the newest of this experiment is unknown: {'; '.join(unreadable[:5])}. Repair or remove them, or pass "
+            f"a checkpoint file.")
+    if not matching:
+        raise RunNotFoundError(
+            f"--ckpt_path {which}: no run of this experiment (these model and data settings) under '{root}' has a "
+            f"last.ckpt beside its config.yaml. Train one with `module14 fit` and this config, or pass a checkpoint "
+            f"file.")
+    newest = sorted(matching, key=lambda p: p.stat().st_mtime, reverse=True)
+    if len(newest) > 1 and newest[0].parent != newest[1].parent and \
+            abs(newest[0].stat().st_mtime - newest[1].stat().st_mtime) < 1:
+        raise RunNotFoundError(f"--ckpt_path {which}: two runs of this experiment were written at the same moment "
+                               f"({newest[0]}, {newest[1]}): pass the checkpoint file you mean.")
+    last = newest[0]
     if which == "last":
         return str(last)
     checkpoint = torch.load(last, map_location="cpu", weights_only=True)
@@ -130,6 +172,17 @@ def requeued_checkpoint(job: str, roots: list[str | Path]) -> tuple[str, int] | 
     return path, step
 
 
+def checked_run_id(run_id: Any) -> str | None:
+    """A W&B run id read from a checkpoint, if it is one W&B makes: it names the run's folder, so anything else (a
+    path, ``..``) is refused."""
+    if run_id is None:
+        return None
+    if not isinstance(run_id, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", run_id):
+        raise ValueError(f"the checkpoint records the W&B run id {run_id!r}, which is not a run id (letters, digits, - "
+                         f"and _): it would name the run's folder. Resume from a checkpoint module14 wrote.")
+    return run_id
+
+
 def new_run_id() -> str:
     """A fresh W&B-style run id: 8 characters of [a-z0-9]."""
     return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
@@ -139,9 +192,9 @@ def join_wandb_run(loggers: list[Logger], recorded: dict | None, job_type: str) 
     """Sets up the W&B loggers' runs before they start (``wandb.init`` runs lazily, on first use).
 
     ``fit`` of a checkpoint continues the run it records (same id, so also the same checkpoint folder
-    ``<save_dir>/<project>/<id>/checkpoints``); a new ``fit`` gets a fresh id that is also its group. ``validate``,
-    ``test`` and ``predict`` of a checkpoint start a new run in the training run's group; every run records its
-    ``job_type`` (the subcommand).
+    ``<save_dir>/<project>/<id>/checkpoints``); a new ``fit`` takes the id a W&B sweep agent gives its trial
+    (``WANDB_RUN_ID``), else a fresh one, which is also its group. ``validate``, ``test`` and ``predict`` of a
+    checkpoint start a new run in the training run's group; every run records its ``job_type`` (the subcommand).
     """
     for logger in loggers:
         if not isinstance(logger, WandbLogger) or wandb_run_started(logger):
@@ -152,7 +205,8 @@ def join_wandb_run(loggers: list[Logger], recorded: dict | None, job_type: str) 
         if init.get("dir"):
             Path(init["dir"]).mkdir(parents=True, exist_ok=True)  # else W&B warns "git root <dir> does not exist"
         if job_type == "fit":
-            run_id = (recorded or {}).get("id") or init.get("id") or new_run_id()
+            run_id = (checked_run_id((recorded or {}).get("id")) or init.get("id")
+                      or checked_run_id(os.environ.get("WANDB_RUN_ID")) or new_run_id())
             init.update(id=run_id, resume="allow", group=(recorded or {}).get("group") or init.get("group") or run_id)
             set_wandb_run_id(logger, run_id)
         elif recorded:
