@@ -1,9 +1,10 @@
-"""Sample quality of a trained MNIST GAN checkpoint: FID/KID on the project's own ViT-classifier features, plus a grid.
+"""Sample quality of a trained MNIST GAN checkpoint: FID/KID on the shipped MNIST ruler's features, plus a grid.
 
-    python benchmarks/gan_quality.py --ckpt runs/.../last.ckpt --classifier vit_mnist.ckpt [--num-samples 2000]
+    python benchmarks/gan_quality.py --ckpt runs/.../last.ckpt [--classifier mnist_vit] [--num-samples 2000]
         [--grid outputs/gan_quality_grid.png]
 
-Prints FID/KID (``lightning_modules.metrics.SampleQuality``, features="classifier") between ``num_samples`` MNIST test
+Prints FID/KID (``lightning_modules.metrics.SampleQuality``, features of ``weights/mnist_vit.pt``, the ruler of
+RESULTS.md, or of a ViTClassifier checkpoint given as ``--classifier``) between ``num_samples`` MNIST test
 images and as many samples of the trained generator (EMA and raw when the run kept an EMA), with two references on the
 same features: real vs real (MNIST validation images against the test images: the floor) and an untrained generator
 (the ceiling). Images of 32 px (MNIST zero-padded) are center-cropped back to 28 px, the classifier's input.
@@ -53,7 +54,8 @@ def score(quality: SampleQuality, real: torch.Tensor, fake: torch.Tensor, value_
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", required=True, help="GANModule checkpoint trained on MNIST")
-    parser.add_argument("--classifier", required=True, help="ViTClassifier checkpoint trained on MNIST")
+    parser.add_argument("--classifier", default="mnist_vit",
+                        help="the features: a shipped ruler (mnist_vit, the default) or a ViTClassifier checkpoint")
     parser.add_argument("--num-samples", type=int, default=2000)
     parser.add_argument("--grid", default="outputs/gan_quality_grid.png", help="where to save 64 samples")
     parser.add_argument("--threads", type=int, default=2)
@@ -70,7 +72,7 @@ def main() -> None:
     datamodule.setup("fit")
     datamodule.setup("test")
     n = args.num_samples
-    quality = SampleQuality(features="classifier", classifier_checkpoint=args.classifier, kid_subset_size=min(1000, n))
+    quality = SampleQuality.on(args.classifier, kid_subset_size=min(1000, n))
     test = real_images(datamodule, "test", n)
 
     rows = {"real (val) vs real (test): floor": score(quality, test, real_images(datamodule, "val", n), model.value_range)}

@@ -9,8 +9,9 @@
 with ``module14 test``, adds the row's own evaluation (a sample grid, FID's real-vs-real floor, the DDPM sampler
 table), and stores the measured figures in ``docs/results/results.json``; RESULTS.md is rendered from that file, so
 rows update independently. On a machine without a GPU a row runs its CPU-sized budget (``Row.cpu_budget``), and a row
-whose config needs a GPU says so. The MNIST generative rows compute FID on the features of the MNIST ViT that
-``--row vit_mnist`` trains (``runs/results/vit_mnist/seed42/final.ckpt``): run that row first.
+whose config needs a GPU says so. The MNIST generative rows compute FID on the shipped MNIST ruler
+(``features: mnist_vit``, ``weights/mnist_vit.pt``, pinned by sha256); retraining the vit_mnist row does not change
+it: ``--export-ruler`` makes a new one, deliberately.
 """
 
 from __future__ import annotations
@@ -47,10 +48,12 @@ FLOW_SAMPLERS = ("euler10", "euler20", "euler50", "heun5", "heun10", "heun25")  
 CPU_SAMPLER_IMAGES = 512  # samples per sampler on a CPU: 10k DDPM-1000 samples take 3-4 hours on 2 cores
 
 
+RULER = "mnist_vit"  # every MNIST FID/KID: the shipped ruler (lightning_modules/metrics.py RULERS)
+
+
 def _mnist_fid(num_samples: int = FID_SAMPLES) -> tuple[str, ...]:
-    """The FID/KID callback on the MNIST ViT's features (its flags follow ``+=``: they set the appended callback)."""
-    return ("--trainer.callbacks+=SampleQualityMonitor", "--trainer.callbacks.features=classifier",
-            f"--trainer.callbacks.classifier_checkpoint={MNIST_CLASSIFIER.relative_to(ROOT)}",
+    """The FID/KID callback on the MNIST ruler's features (its flags follow ``+=``: they set the appended callback)."""
+    return ("--trainer.callbacks+=SampleQualityMonitor", f"--trainer.callbacks.features={RULER}",
             f"--trainer.callbacks.num_samples={num_samples}", "--trainer.callbacks.kid_subset_size=1000")
 
 
@@ -68,7 +71,7 @@ class Row:
     config: the name in configs/. grid: the ``sample_images`` panel saved as the row's PNG (a classifier's grid is its
     misclassified test images). overrides: CLI arguments always added (e.g. FID settings). cpu_budget: CLI arguments
     that size the run for a CPU. needs_gpu: the config's own budget needs a GPU; the CPU run is a CPU-sized variant.
-    seeds: the default seeds (mean ± std over them when several). needs_classifier: FID/KID on the MNIST ViT.
+    seeds: the default seeds (mean ± std over them when several). needs_classifier: FID/KID on the MNIST ruler.
     samplers: the sampler table drawn from the row's checkpoint (``benchmarks/sampling.py``).
     The metrics a row reports, and their labels, are the model's ``reported_metrics()`` and its FID callback's.
     """
@@ -258,7 +261,7 @@ def real_vs_real_floor(test_cli, num_samples: int) -> dict[str, float]:
 
     data = test_cli.datamodule
     data.setup("fit")
-    quality = SampleQuality(features="classifier", classifier_checkpoint=str(MNIST_CLASSIFIER),
+    quality = SampleQuality(features=RULER,
                             kid_subset_size=kid_subset_size(num_samples))
     seen = 0
     for (real, _), (train, _) in zip(data.test_dataloader(), data.train_dataloader()):
@@ -278,7 +281,7 @@ def sampler_table(name: str, checkpoint: str, num_samples: int, samplers: list[s
 
     run = {"command": command, "commit": _commit(), "date": time.strftime("%Y-%m-%d"), "samplers": samplers}
     out = RUNS / name / f"samplers_{num_samples}"
-    args = SimpleNamespace(out=str(out), num_fid=num_samples, samplers=samplers, classifier=str(MNIST_CLASSIFIER))
+    args = SimpleNamespace(out=str(out), num_fid=num_samples, samplers=samplers, classifier=RULER)
     measured = evaluate(ROOT / checkpoint, args)
     run["reused"] = measured.pop("reused")  # samplers whose samples (and times) an earlier run drew
     return {**measured, "checkpoint": checkpoint, "features": feature_network(), "hardware": hardware(),
@@ -312,9 +315,9 @@ def merge_sampler_table(tables: list[dict], table: dict, samplers: tuple[str, ..
 def extra_sampler_table(name: str, num_samples: int, samplers: list[str]) -> dict:
     """``--sampler-table N``: a table on row ``name``'s checkpoint (kept beside the tables with other N)."""
     record = load_results().get(name)
-    if record is None or not MNIST_CLASSIFIER.is_file():
-        raise SystemExit(f"--sampler-table evaluates the {name} row's checkpoint on the MNIST ViT's features: run "
-                         f"`python benchmarks/results.py --row vit_mnist` and `--row {name}` first.")
+    if record is None:
+        raise SystemExit(f"--sampler-table evaluates the {name} row's checkpoint: run `python benchmarks/results.py "
+                         f"--row {name}` first.")
     if num_samples < 64:
         raise SystemExit(f"--sampler-table {num_samples}: use at least 64 samples (each sampler is timed per batch "
                          "of 64).")
@@ -339,11 +342,11 @@ def sampler_table_command(name: str, num_samples: int, samplers: list[str]) -> s
 
 
 def feature_network() -> str:
-    """Which MNIST ViT the FID features come from: FIDs are comparable only between runs on the same network."""
-    classifier = load_results().get("vit_mnist")
-    which = (f", the vit_mnist row of commit {classifier['commit']}, test accuracy "
-             f"{classifier['metrics']['test/acc']['mean']:.2%}" if classifier else "")
-    return f"the MNIST ViT (`{MNIST_CLASSIFIER.relative_to(ROOT)}`{which})"
+    """Which network the MNIST FID features come from: FIDs are comparable only between runs on the same one."""
+    from lightning_modules.metrics import RULERS
+
+    ruler = RULERS[RULER]
+    return f"the MNIST ruler `{RULER}` (`weights/{ruler.file}`, sha256 {ruler.sha256[:12]}; {ruler.what})"
 
 
 def protocol(row: Row, test_cli, seeds: int) -> str:
@@ -369,9 +372,6 @@ def protocol(row: Row, test_cli, seeds: int) -> str:
 
 def measure(name: str, seeds: list[int]) -> dict:
     row = ROWS[name]
-    if row.needs_classifier and not MNIST_CLASSIFIER.is_file():
-        raise SystemExit(f"row {name} computes FID on the MNIST ViT's features: run `python benchmarks/results.py "
-                         f"--row vit_mnist` first (it writes {MNIST_CLASSIFIER.relative_to(ROOT)}).")
     runs, test_cli = [], None
     for seed in seeds:
         figures, cli = run_seed(row, seed)
@@ -565,9 +565,11 @@ arguments to `module14 fit` are in the results file, under `cli`) and rewrites o
 CPU uses the row's CPU-sized budget (`Row.cpu_budget` in the script), which is far below the config's own; the budget
 column states the batches, epochs and fit wall time spent, and the load average when each run started (the CPU is
 shared with other work, so wall times on it are not speed figures).
-FID/KID on MNIST use the class-token features of the MNIST ViT trained by the `vit_mnist` row (`fid_vit`); each FID
-names the commit of the ViT it used, and is comparable only with FIDs on the same ViT, never with published
-(Inception) FIDs. Issue targets are not claimed unless the figure shows them.
+FID/KID on MNIST use the class-token features of an MNIST ViT (`fid_vit`): since 2026-12-07 the ruler that ships with
+module14, `weights/mnist_vit.pt` (`features: mnist_vit`, pinned by its sha256), so anyone's FIDs on it compare with
+these; before, the vit_mnist row's checkpoint of the day. Each FID names its network, and is comparable only with
+FIDs on the same one, never with published (Inception) FIDs. Issue targets are not claimed unless the figure shows
+them.
 """
 
 
@@ -589,6 +591,24 @@ def render(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def export_ruler() -> str:
+    """``--export-ruler``: the vit_mnist row's network, weights only, as ``weights/mnist_vit.pt`` (what
+    ``features: mnist_vit`` loads); returns its sha256, which a new ruler pins in ``RULERS``."""
+    import hashlib
+
+    from lightning_modules.metrics import RULERS, WEIGHTS
+
+    checkpoint = torch.load(MNIST_CLASSIFIER, map_location="cpu", weights_only=True)
+    keep = ("image_shape", "num_classes", "normalization_mean_std", "patch_size", "embed_dim", "depth", "num_heads",
+            "mlp_ratio")
+    ruler = {"hyper_parameters": {k: checkpoint["hyper_parameters"][k] for k in keep},
+             "state_dict": {k: v.clone() for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}}
+    path = WEIGHTS / RULERS["mnist_vit"].file
+    path.parent.mkdir(exist_ok=True)
+    torch.save(ruler, path)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def load_results(path: Path = RESULTS_JSON) -> dict[str, dict]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
@@ -605,6 +625,9 @@ def main(argv: list[str] | None = None) -> None:
     action.add_argument("--row", help=f"one of: {', '.join(ROWS)}")
     action.add_argument("--render", action="store_true", help="only re-render RESULTS.md from the results file")
     action.add_argument("--compact-grids", action="store_true", help="re-save the committed grids as small PNGs")
+    action.add_argument("--export-ruler", action="store_true",
+                        help="write weights/mnist_vit.pt (the MNIST FID ruler) from the vit_mnist row's checkpoint and "
+                             "print its sha256: a new ruler, pinned by hand in lightning_modules/metrics.py")
     action.add_argument("--sampler-table", type=int, metavar="N",
                         help="measure a row's sampler table (--sampler-row, default ddpm_mnist) with N samples per "
                              "sampler, from the row's checkpoint, on the current MNIST ViT; kept beside the tables "
@@ -626,6 +649,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.compact_grids:
         for path in sorted(RESULTS_DIR.glob("*.png")):
             compact_png(path)
+        return
+    if args.export_ruler:
+        print(f"weights/mnist_vit.pt: sha256 {export_ruler()} (pin it in lightning_modules/metrics.py RULERS, then "
+              "measure the MNIST FIDs again)")
         return
     record = table = None
     os.chdir(ROOT)  # the CLI arguments are relative to the repository root

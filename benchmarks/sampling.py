@@ -35,12 +35,11 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.harness import MNIST_CLASSIFIER  # noqa: E402
 from compat import cpu_has_native_bf16  # noqa: E402
 from datamodules import MNISTDataModule  # noqa: E402
 from lightning_modules.base import GenerativeModule  # noqa: E402
 from lightning_modules.images import image_grid, save_png  # noqa: E402
-from lightning_modules.metrics import SampleQuality, kid_subset_size  # noqa: E402
+from lightning_modules.metrics import RULERS, SampleQuality, kid_subset_size  # noqa: E402
 from lightning_modules.registry import project_class  # noqa: E402
 from training.allocator import keep_freed_memory  # noqa: E402
 
@@ -87,8 +86,9 @@ def real_images(n: int, train: bool) -> torch.Tensor:
 
 
 def quality(classifier: str, n: int, real: torch.Tensor, fake: torch.Tensor, device: str) -> dict[str, float]:
-    metric = SampleQuality(features="classifier", classifier_checkpoint=classifier,
-                           kid_subset_size=kid_subset_size(n)).to(device)
+    """FID/KID of ``fake`` against ``real`` on a shipped ruler (``classifier`` names one: mnist_vit) or on a
+    ViTClassifier checkpoint (``classifier`` is its path)."""
+    metric = SampleQuality.on(classifier, kid_subset_size=kid_subset_size(n)).to(device)
     for i in range(0, n, 256):
         metric.update(real[i:i + 256].to(device), real=True)
         metric.update(fake[i:i + 256].to(device), real=False)
@@ -177,7 +177,7 @@ def evaluate(ckpt: Path, args) -> dict:
 
 def add_quality(results: dict, samples: dict[str, torch.Tensor], args) -> None:
     out = Path(args.out)
-    if args.classifier and Path(args.classifier).is_file():
+    if args.classifier in RULERS or args.classifier and Path(args.classifier).is_file():
         test = real_images(args.num_fid, train=False)
         for name, fake in samples.items():
             results[name] = quality(args.classifier, args.num_fid, test, fake, results["device"])
@@ -195,8 +195,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", required=True)
     parser.add_argument("--out", default=None, help="default: the checkpoint's folder")
-    parser.add_argument("--classifier", default=str(MNIST_CLASSIFIER),
-                        help="ViTClassifier checkpoint for the features (default: the vit_mnist row's; '' to skip)")
+    parser.add_argument("--classifier", default="mnist_vit",
+                        help="the features: a shipped ruler (mnist_vit, the default) or a ViTClassifier checkpoint; "
+                             "'' to skip FID/KID")
     parser.add_argument("--num-fid", type=int, default=128, help="samples per sampler (a multiple of 64)")
     parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS),
                         help="ddim50, ddpm1000, ddim<steps>_eta<eta> (e.g. ddim100_eta0.5), dpm_solver<steps> for a "

@@ -3,15 +3,17 @@
 
 Features, named in the metric (``fid_inception`` / ``fid_vit``): ``inception``, the standard Inception-v3 pool
 features (torch-fidelity's port; weights from ``inception_weights`` or torch hub's cache, downloaded there once),
-the only ones comparable with published FIDs; or ``vit``, the class-token features of a ``ViTClassifier`` checkpoint
-trained on the same dataset, for offline machines, comparable only with itself."""
+the only ones comparable with published FIDs; ``mnist_vit``, the MNIST ruler shipped in ``weights/`` with its pinned
+sha256 (``RULERS``), which every MNIST FID in RESULTS.md uses; or ``classifier``, the class-token features of any
+``ViTClassifier`` checkpoint trained on the same dataset, comparable only with itself."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 from urllib.error import URLError
 
 import lightning as L
@@ -27,7 +29,41 @@ from lightning_modules.images import to_unit_range
 from training.rng import seeded_generator
 from networks.vit import VisionTransformer
 
-FeatureChoice = Literal["auto", "inception", "classifier"]
+FeatureChoice = Literal["auto", "inception", "mnist_vit", "classifier"]
+WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+
+
+class Ruler(NamedTuple):
+    """Feature-network weights shipped with module14, pinned by sha256: FIDs on them compare across machines."""
+
+    file: str  # under weights/
+    sha256: str
+    what: str
+
+
+# A new ruler is a deliberate, named change (`python benchmarks/results.py --export-ruler` writes the file from the
+# vit_mnist row and prints its hash); it makes every FID measured on the old one incomparable, so RESULTS.md's MNIST
+# FIDs are measured again on it.
+RULERS = {
+    "mnist_vit": Ruler("mnist_vit.pt", "6cf5b4f9a673f766a110f01406c47dac71f617388ba202db89c0ac891557d023",
+                       "the vit_mnist row's ViT (commit f6e07ed, 99.33% test accuracy): 16 tokens of width 96, depth 4"),
+}
+
+
+def ruler_file(name: str) -> Path:
+    """The shipped weights of ruler ``name``, after checking their sha256 against the pinned one."""
+    ruler = RULERS[name]
+    path = WEIGHTS / ruler.file
+    if not path.is_file():
+        raise FileNotFoundError(f"the FID ruler {name} ({path}) is missing: it ships with module14; restore it with "
+                                f"`git checkout weights/{ruler.file}`.")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != ruler.sha256:
+        raise ValueError(
+            f"the FID ruler {name} ({path}) has sha256 {digest[:16]}..., not the pinned {ruler.sha256[:16]}...: it is "
+            f"not {ruler.what}, and FIDs on it would not compare with RESULTS.md's. Restore it with "
+            f"`git checkout weights/{ruler.file}` (a new ruler is pinned in lightning_modules/metrics.py RULERS).")
+    return path
 
 
 INCEPTION_URL = (
@@ -185,8 +221,9 @@ class SampleQuality(nn.Module):
     """FID and KID between generated and real images, on Inception or the project's own classifier features.
 
     Args:
-        features: ``inception``, ``classifier`` (needs ``classifier_checkpoint``) or ``auto`` (inception when
-            ``inception_weights`` is given, else the classifier: never a download).
+        features: ``inception``, ``mnist_vit`` (the shipped MNIST ruler), ``classifier`` (needs
+            ``classifier_checkpoint``) or ``auto`` (inception when ``inception_weights`` is given, else the
+            classifier: never a download).
         inception_weights: local path of the FID Inception weights; unset, torch hub's cached copy (downloaded once).
         classifier_checkpoint: a ViTClassifier checkpoint trained on the same dataset.
         kid_subset_size: KID subset size (lowered to the sample count if fewer are available).
@@ -209,19 +246,30 @@ class SampleQuality(nn.Module):
             features = "inception" if inception_weights else "classifier" if classifier_checkpoint else "auto"
         if features == "inception":
             self.extractor: nn.Module = InceptionFeatures(inception_weights)
+        elif features in RULERS:
+            self.extractor = ClassifierFeatures(str(ruler_file(features)))
         elif features == "classifier" and classifier_checkpoint:
             self.extractor = ClassifierFeatures(classifier_checkpoint)
         else:
             raise ValueError(
                 f"FID/KID with features={features!r} needs "
                 + ("classifier_checkpoint" if features == "classifier" else "inception_weights or classifier_checkpoint")
-                + ": a ViTClassifier checkpoint trained on the same dataset (e.g. from configs/vit_mnist.yaml), or "
-                "features: inception (the standard FID network). Or turn the metrics off."
+                + ": a ViTClassifier checkpoint trained on the same dataset (e.g. from configs/vit_mnist.yaml), "
+                "features: mnist_vit (the MNIST ruler shipped in weights/) or features: inception (the standard FID "
+                "network). Or turn the metrics off."
             )
         self.name = self.extractor.name
         self.kid_subset_size, self.seed = kid_subset_size, seed
         self.fid = FrechetInceptionDistance(feature=_Precomputed(self.extractor.num_features))
         self.kid = KernelInceptionDistance(feature=_Precomputed(self.extractor.num_features), subset_size=kid_subset_size)
+
+    @classmethod
+    def on(cls, ruler_or_checkpoint: str, **kwargs) -> "SampleQuality":
+        """On a shipped ruler's name (``mnist_vit``) or a ViTClassifier checkpoint's path: the benchmarks'
+        ``--classifier``."""
+        if ruler_or_checkpoint in RULERS:
+            return cls(features=ruler_or_checkpoint, **kwargs)
+        return cls(features="classifier", classifier_checkpoint=ruler_or_checkpoint, **kwargs)
 
     @torch.no_grad()
     def update(self, images: Tensor, real: bool) -> None:

@@ -77,3 +77,35 @@ def test_the_datamodule_states_its_value_range_and_mean_std(data_dir, normalizat
     else:
         low, high = data.value_range
         assert x.min() == low and x.max() == high
+
+
+# ---------------------------------------------------------------------------------------------------- the shipped ruler
+def test_the_shipped_mnist_ruler_is_the_trained_vit_and_classifies_mnist(data_dir):
+    """RESULTS.md's MNIST FIDs are measured on weights/mnist_vit.pt: its pinned hash matches the file, and it is a
+    trained classifier (a random or wrong network fails the accuracy check, so its features are not a ruler)."""
+    from torchvision.datasets import MNIST
+
+    from lightning_modules.metrics import ClassifierFeatures, ruler_file
+
+    ruler = ClassifierFeatures(str(ruler_file("mnist_vit")))
+    test = MNIST(str(data_dir), train=False)
+    images = test.data[:500].unsqueeze(1).float() / 255  # (500, 1, 28, 28) in [0, 1]
+    with torch.no_grad():
+        features = ruler(images)
+        predicted = ruler.net.head(features).argmax(1)  # the class-token features are what the head reads
+    assert features.shape == (500, 96) and torch.isfinite(features).all()
+    assert (predicted == test.targets[:500]).float().mean() > 0.97
+
+
+def test_a_ruler_whose_bytes_differ_from_the_pinned_hash_is_refused(tmp_path, monkeypatch):
+    from lightning_modules import metrics
+
+    shipped = metrics.ruler_file("mnist_vit").read_bytes()
+    monkeypatch.setattr(metrics, "WEIGHTS", tmp_path)
+    with pytest.raises(FileNotFoundError, match="git checkout weights/mnist_vit.pt"):
+        metrics.SampleQuality(features="mnist_vit")
+    (tmp_path / "mnist_vit.pt").write_bytes(shipped[:-1] + bytes([shipped[-1] ^ 1]))  # one bit flipped
+    with pytest.raises(ValueError, match="not the pinned"):
+        metrics.SampleQuality(features="mnist_vit")
+    (tmp_path / "mnist_vit.pt").write_bytes(shipped)
+    assert metrics.SampleQuality(features="mnist_vit").extractor.net.head.in_features == 96  # the same bytes load
