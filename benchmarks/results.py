@@ -2,13 +2,16 @@
 
     python benchmarks/results.py --row vae_mnist               # train + test through the CLI, rewrite that row
     python benchmarks/results.py --row vae_mnist --seeds 0     # fewer seeds than the row's default
+    python benchmarks/results.py --row gan_mnist --check       # train + test again here; compare with the table
     python benchmarks/results.py --render                      # only re-render RESULTS.md from the results file
     python benchmarks/results.py --sampler-table 10000 --samplers ddpm1000   # add samplers to the 10,000 table
 
 ``--row NAME`` trains the row's config with ``module14 fit`` (in-process, ``cli.build_cli``), tests the final weights
 with ``module14 test``, adds the row's own evaluation (a sample grid, FID's real-vs-real floor, the DDPM sampler
 table), and stores the measured figures in ``docs/results/results.json``; RESULTS.md is rendered from that file, so
-rows update independently. On a machine without a GPU a row runs its CPU-sized budget (``Row.cpu_budget``), and a row
+rows update independently. ``--check`` trains and tests the row again the same way (under ``runs/check/``, nothing
+in the table changes) and reports each metric against the table's: inside mean ± max(3 std over its seeds,
+``Row.check_tolerance`` x |mean|), or the exit status is 1. On a machine without a GPU a row runs its CPU-sized budget (``Row.cpu_budget``), and a row
 whose config needs a GPU says so. The MNIST generative rows compute FID on the shipped MNIST ruler
 (``features: mnist_vit``, ``weights/mnist_vit.pt``, pinned by sha256); retraining the vit_mnist row does not change
 it: ``--export-ruler`` makes a new one, deliberately.
@@ -73,6 +76,8 @@ class Row:
     that size the run for a CPU. needs_gpu: the config's own budget needs a GPU; the CPU run is a CPU-sized variant.
     seeds: the default seeds (mean ± std over them when several). needs_classifier: FID/KID on the MNIST ruler.
     samplers: the sampler table drawn from the row's checkpoint (``benchmarks/sampling.py``).
+    check_tolerance: ``--check``'s band around the table's mean, relative to it, where 3 std over the row's seeds is
+    narrower (a one-seed row has no spread: this is its whole band).
     The metrics a row reports, and their labels, are the model's ``reported_metrics()`` and its FID callback's.
     """
 
@@ -84,6 +89,7 @@ class Row:
     seeds: tuple[int, ...] = (42,)
     needs_classifier: bool = False
     samplers: tuple[str, ...] = ()
+    check_tolerance: float = 0.05
 
 
 # CIFAR-10 / CelebA on a CPU: the shared partial copies (torchvision's md5 check refuses them), 6 minutes each unless
@@ -115,7 +121,7 @@ _MNIST_UNET = dict(cpu_budget=("--trainer.max_steps=7500",), needs_classifier=Tr
 # How each config's row is measured where it differs from ``Row``'s defaults; a config that is not here gets a row
 # with the defaults. The order is the table's (configs not listed follow, by name).
 PROTOCOL: dict[str, dict] = {
-    "vit_mnist": {},
+    "vit_mnist": dict(check_tolerance=0.003),  # 99.33% ± 0.3 points
     "vit_cifar10": _VIT_CPU,
     "vae_mnist": dict(grid="prior_samples", seeds=(0, 1, 2)),
     "betavae_mnist": dict(grid="traversals"),
@@ -156,18 +162,25 @@ def hardware() -> str:
     return f"CPU: {model}, {os.cpu_count()} cores, flags {cpu_flags()}"
 
 
-def cli_args(row: Row, seed: int, out: Path) -> list[str]:
+def cli_args(row: Row, seed: int, out: Path, extra: tuple[str, ...] = ()) -> list[str]:
+    """The row's ``module14`` arguments for one seed (``extra``: ``--extra-args``, e.g. a test's tiny budget)."""
     budget = () if torch.cuda.is_available() else row.cpu_budget
-    return ["--config", f"configs/{row.config}.yaml", f"--seed_everything={seed}", *row.overrides, *budget,
+    return ["--config", f"configs/{row.config}.yaml", f"--seed_everything={seed}", *row.overrides, *budget, *extra,
             "--trainer.logger=CSVLogger", f"--trainer.logger.init_args.save_dir={out.relative_to(ROOT)}"]
 
 
-def run_seed(row: Row, seed: int) -> tuple[dict, object]:
-    """fit + test one seed through the CLI; returns the measured figures and the test CLI (model, datamodule)."""
+def recorded_cli(row: Row, seed: int, extra: tuple[str, ...] = ()) -> str:
+    """The fit command a record states (its first seed's, writing under ``runs/results``)."""
+    return "module14 fit " + shlex.join(cli_args(row, seed, RUNS / row.config / f"seed{seed}", extra))
+
+
+def run_seed(row: Row, seed: int, runs: Path = RUNS, extra: tuple[str, ...] = ()) -> tuple[dict, object]:
+    """fit + test one seed through the CLI, under ``runs``; returns the measured figures and the test CLI (model,
+    datamodule)."""
     from cli import build_cli
 
-    out = RUNS / row.config / f"seed{seed}"
-    args = cli_args(row, seed, out)
+    out = runs / row.config / f"seed{seed}"
+    args = cli_args(row, seed, out, extra)
     load = os.getloadavg()[0]
     start = time.perf_counter()
     fit = build_cli(args=["fit", *args])
@@ -370,18 +383,19 @@ def protocol(row: Row, test_cli, seeds: int) -> str:
     return "; ".join(parts)
 
 
-def measure(name: str, seeds: list[int]) -> dict:
+def measure(name: str, seeds: list[int], extra: tuple[str, ...] = ()) -> dict:
     row = ROWS[name]
     runs, test_cli = [], None
     for seed in seeds:
-        figures, cli = run_seed(row, seed)
+        figures, cli = run_seed(row, seed, extra=extra)
         runs.append(figures)
         test_cli = test_cli or cli  # the grid and the protocol come from the first seed
     generative = isinstance(test_cli.model, GenerativeModule)
     grid, grid_caption = panel_grid(name, row, test_cli) if generative else classifier_grid(name, test_cli)
     record = {
-        "command": f"python benchmarks/results.py --row {name} --seeds {' '.join(map(str, seeds))}",
-        "cli": "module14 fit " + shlex.join(cli_args(row, seeds[0], RUNS / row.config / f"seed{seeds[0]}")),
+        "command": f"python benchmarks/results.py --row {name} --seeds {' '.join(map(str, seeds))}"
+                   + (f" --extra-args={shlex.quote(shlex.join(extra))}" if extra else ""),
+        "cli": recorded_cli(row, seeds[0], extra),
         "hardware": hardware(), "gpu_run": torch.cuda.is_available(), "torch_threads": torch.get_num_threads(),
         "date": time.strftime("%Y-%m-%d"), "commit": _commit(), "runs": runs, "metrics": summarise(runs),
         "metric_labels": [[key, label, fmt] for key, (label, fmt) in reported_metrics(test_cli).items()],
@@ -398,6 +412,79 @@ def measure(name: str, seeds: list[int]) -> dict:
             shutil.rmtree(old)  # samples of the checkpoint this run replaced
         record["samplers"] = [sampler_table(name, runs[0]["checkpoint"], num, list(row.samplers), record["command"])]
     return record
+
+
+# ------------------------------------------------------------------------------------------------ checking
+CHECKS = ROOT / "runs/check"  # --check's runs and reports: the table's own runs stay as they are
+
+
+def check_band(table: dict, tolerance: float) -> tuple[float, float]:
+    """Where a new figure must fall: the table's mean ± max(3 std over its seeds, tolerance x |mean|)."""
+    half = max(3 * (table.get("std") or 0.0), tolerance * abs(table["mean"]))
+    return table["mean"] - half, table["mean"] + half
+
+
+def check(name: str, record: dict | None, seeds: list[int] | None, extra: tuple[str, ...] = ()) -> dict:
+    """``--check``: row ``name`` trained and tested again here the way its record was, each metric against the
+    record's band (``check_band``); the report is also written to ``runs/check/<name>/check.json``."""
+    row = ROWS[name]
+    if record is None:
+        raise SystemExit(f"--check compares with the table's {name} row, which has no record: measure it first with "
+                         f"`python benchmarks/results.py --row {name}`.")
+    recorded_seeds = [run["seed"] for run in record["runs"]]
+    expected = recorded_cli(row, recorded_seeds[0], extra)
+    if record["cli"] != expected:
+        gpu = ("It was measured on a GPU and this machine runs the CPU budget, or the other way round. "
+               if record["gpu_run"] != torch.cuda.is_available() else "")
+        raise SystemExit(f"--check {name}: the row was measured with\n  {record['cli']}\nbut runs here as\n  {expected}\n"
+                         f"{gpu}The figures would not compare: measure the row again (--row {name}) or check it where "
+                         "it was measured.")
+    runs = [run_seed(row, seed, CHECKS, extra)[0] for seed in seeds or recorded_seeds]
+    here = summarise(runs)
+    table_by_seed = {run["seed"]: run["metrics"] for run in record["runs"]}
+    metrics = {}
+    for key, table in record["metrics"].items():
+        low, high = check_band(table, row.check_tolerance)
+        now = here.get(key)
+        metrics[key] = {
+            "table": table, "here": now, "band": [low, high],
+            "inside": now is not None and low <= now["mean"] <= high,
+            "same_seed": {str(run["seed"]): [table_by_seed[run["seed"]].get(key), run["metrics"].get(key)]
+                          for run in runs if run["seed"] in table_by_seed},
+        }
+    command = (f"python benchmarks/results.py --row {name} --check" + (f" --seeds {' '.join(map(str, seeds))}" if seeds else "")
+               + (f" --extra-args={shlex.quote(shlex.join(extra))}" if extra else ""))
+    report = {"row": name, "command": command, "tolerance": row.check_tolerance, "metrics": metrics,
+              "table": {k: record[k] for k in ("commit", "date", "hardware")},
+              "here": {"commit": _commit(), "date": time.strftime("%Y-%m-%d"), "hardware": hardware()},
+              "wall_s": {"table": [run["wall_s"] for run in record["runs"]], "here": [run["wall_s"] for run in runs]}}
+    path = CHECKS / name / "check.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def check_text(report: dict, labels: dict[str, tuple[str, str]]) -> str:
+    """The check's verdict per metric, with the figures it compared."""
+    table, here = report["table"], report["here"]
+    lines = [f"{report['row']}: measured again here ({here['hardware']}, commit {here['commit']}) against the table "
+             f"({table['hardware']}, commit {table['commit']}, {table['date']}); band: the table's mean ± max(3 std "
+             f"over its seeds, {report['tolerance']:g} x |mean|). Fit minutes: table "
+             + "/".join(f"{s / 60:.1f}" for s in report["wall_s"]["table"]) + ", here "
+             + "/".join(f"{s / 60:.1f}" for s in report["wall_s"]["here"]) + "."]
+    for key, m in report["metrics"].items():
+        label, fmt = labels.get(key, (key, "{:.4f}"))
+        now = "missing" if m["here"] is None else _value(m["here"], fmt)
+        low, high = (fmt.format(v) for v in m["band"])
+        lines.append(f"  {'inside ' if m['inside'] else 'OUTSIDE'}  {label}: here {now}, table "
+                     f"{_value(m['table'], fmt)} (band {low} to {high})")
+        lines += [f"           seed {seed}: table {fmt.format(old)}, here " + ("missing" if new is None else fmt.format(new))
+                  for seed, (old, new) in m["same_seed"].items() if old is not None]
+    failed = [key for key, m in report["metrics"].items() if not m["inside"]]
+    lines.append(f"{report['row']}: " + (f"{len(failed)} metric(s) outside the band: {', '.join(failed)}" if failed
+                                         else "every metric inside the band")
+                 + f" (report: {(CHECKS / report['row'] / 'check.json').relative_to(ROOT)})")
+    return "\n".join(lines)
 
 
 def _commit() -> str:
@@ -634,6 +721,14 @@ def main(argv: list[str] | None = None) -> None:
                              "with other N, and joined with an earlier N-sample table on the same ViT (rerun the same "
                              "command to resume a stopped run: the drawn batches are kept)")
     parser.add_argument("--seeds", type=int, nargs="+", help="default: the row's seeds")
+    parser.add_argument("--check", action="store_true",
+                        help="with --row: train and test the row again here and compare each metric with the table's "
+                             "(exit status 1 when one falls outside its band); the table is not changed")
+    parser.add_argument("--table", type=Path, default=RESULTS_JSON, help="with --check: the results file to compare "
+                        "with (default: %(default)s)")
+    parser.add_argument("--extra-args", default="", metavar="ARGS",
+                        help="more module14 arguments for every run of --row, as one string (e.g. a smaller budget: "
+                             "'--trainer.max_steps=100'); the row's command records them")
     with_tables = [name for name, row in ROWS.items() if row.samplers]
     parser.add_argument("--sampler-row", default="ddpm_mnist", choices=with_tables,
                         help="with --sampler-table: whose checkpoint")
@@ -645,6 +740,9 @@ def main(argv: list[str] | None = None) -> None:
     samplers = args.samplers or list(ROWS[args.sampler_row].samplers)
     if not set(samplers) <= set(ROWS[args.sampler_row].samplers):
         parser.error(f"--samplers: the {args.sampler_row} row's samplers are {', '.join(ROWS[args.sampler_row].samplers)}")
+    if args.check and not args.row:
+        parser.error("--check checks a row: --row NAME --check")
+    extra = tuple(shlex.split(args.extra_args))
     os.environ.setdefault("WANDB_MODE", "offline")
     if args.compact_grids:
         for path in sorted(RESULTS_DIR.glob("*.png")):
@@ -656,8 +754,13 @@ def main(argv: list[str] | None = None) -> None:
         return
     record = table = None
     os.chdir(ROOT)  # the CLI arguments are relative to the repository root
+    if args.check:
+        record = load_results(args.table).get(args.row)
+        report = check(args.row, record, args.seeds, extra)
+        print(check_text(report, {key: (label, fmt) for key, label, fmt in record.get("metric_labels", [])}))
+        raise SystemExit(0 if all(m["inside"] for m in report["metrics"].values()) else 1)
     if args.row:
-        record = measure(args.row, args.seeds or list(ROWS[args.row].seeds))
+        record = measure(args.row, args.seeds or list(ROWS[args.row].seeds), extra)
     if args.sampler_table is not None:
         table = extra_sampler_table(args.sampler_row, args.sampler_table, samplers)
     results = load_results()  # read after measuring: rows measured at the same time keep each other's records

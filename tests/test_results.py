@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -302,3 +303,44 @@ def test_a_retrained_row_keeps_its_old_sampler_tables_apart_under_the_old_commit
     assert text.index("### `ddpm_mnist` samplers (512 samples each") < text.index(
         "### `ddpm_mnist` samplers of the earlier checkpoint (the row of commit old1234, 2026-11-30; 10,000 samples each)")
     assert "which the row no longer holds" in text and "| ddpm1000 | 5.00 | 0.2000 | 75 | – | – |" in text
+
+
+TINY = ("--trainer.max_steps=2 --trainer.limit_val_batches=1 --trainer.limit_test_batches=2 "
+        "--data.init_args.batch_size=8 --data.init_args.num_workers=0")
+
+
+def check_row(table: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "benchmarks/results.py", "--row", "vit_mnist", "--check", "--seeds", "7",
+                           f"--table={table}", f"--extra-args={TINY}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_check_passes_the_figures_of_the_same_run_and_fails_when_the_table_says_otherwise(results, tmp_path):
+    """--check on a tiny budget: the same seed trained again here reproduces its own record (exit 0), and a table
+    whose accuracy differs by more than the band fails (exit 1), naming the metric."""
+    row = results.ROWS["vit_mnist"]
+    extra = tuple(TINY.split())
+
+    def record(accuracy: float) -> dict:
+        run = {"seed": 7, "wall_s": 1.0, "metrics": {"test/acc": accuracy}}
+        return {"cli": results.recorded_cli(row, 7, extra), "gpu_run": False, "runs": [run],
+                "metrics": results.summarise([run]), "commit": "abc1234", "date": "2026-01-01", "hardware": "CPU: test",
+                "metric_labels": [["test/acc", "test accuracy", "{:.2%}"]]}
+
+    table = tmp_path / "results.json"
+    table.write_text(json.dumps({"vit_mnist": record(2.0)}))  # no accuracy is 200%: outside any band
+    first = check_row(table)
+    assert first.returncode == 1, first.stdout + first.stderr
+    assert "OUTSIDE  test accuracy" in first.stdout and "outside the band: test/acc" in first.stdout
+    measured = json.loads((ROOT / "runs/check/vit_mnist/check.json").read_text())["metrics"]["test/acc"]["here"]["mean"]
+
+    table.write_text(json.dumps({"vit_mnist": record(measured)}))  # the figure this run recorded
+    second = check_row(table)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "every metric inside the band" in second.stdout
+    assert f"seed 7: table {measured:.2%}, here {measured:.2%}" in second.stdout  # the same seed, the same figure
+
+    table.write_text(json.dumps({"vit_mnist": {**record(measured), "cli": "module14 fit --config other.yaml"}}))
+    other = check_row(table)  # a row measured another way is not compared
+    assert other.returncode != 0 and "would not compare" in other.stderr
