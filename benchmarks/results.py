@@ -11,8 +11,9 @@ with ``module14 test``, adds the row's own evaluation (a sample grid, FID's real
 table), and stores the measured figures in ``docs/results/results.json``; RESULTS.md is rendered from that file, so
 rows update independently. ``--check`` trains and tests the row again the same way (under ``runs/check/``, nothing
 in the table changes) and reports each metric against the table's: inside mean ± max(3 std over its seeds,
-``Row.check_tolerance`` x |mean|), or the exit status is 1. On a machine without a GPU a row runs its CPU-sized budget (``Row.cpu_budget``), and a row
-whose config needs a GPU says so. The MNIST generative rows compute FID on the shipped MNIST ruler
+``Row.check_tolerance`` x |mean|), or the exit status is 1. On a machine without a GPU a row runs its CPU-sized
+budget (``Row.cpu_budget``), and a row whose config needs a GPU says so. A row that ships weights
+(``Row.ships_weights``) writes its first seed's as ``weights/<row>.ckpt`` (``--ckpt_path pretrained``). The MNIST generative rows compute FID on the shipped MNIST ruler
 (``features: mnist_vit``, ``weights/mnist_vit.pt``, pinned by sha256); retraining the vit_mnist row does not change
 it: ``--export-ruler`` makes a new one, deliberately.
 """
@@ -76,6 +77,8 @@ class Row:
     that size the run for a CPU. needs_gpu: the config's own budget needs a GPU; the CPU run is a CPU-sized variant.
     seeds: the default seeds (mean ± std over them when several). needs_classifier: FID/KID on the MNIST ruler.
     samplers: the sampler table drawn from the row's checkpoint (``benchmarks/sampling.py``).
+    ships_weights: the row's trained weights (its first seed's) ship as ``weights/<row>.ckpt``, pinned, for
+    ``--ckpt_path pretrained``; written when the row is measured (``--export-weights`` for a record measured before).
     check_tolerance: ``--check``'s band around the table's mean, relative to it, where 3 std over the row's seeds is
     narrower (a one-seed row has no spread: this is its whole band).
     The metrics a row reports, and their labels, are the model's ``reported_metrics()`` and its FID callback's.
@@ -89,6 +92,7 @@ class Row:
     seeds: tuple[int, ...] = (42,)
     needs_classifier: bool = False
     samplers: tuple[str, ...] = ()
+    ships_weights: bool = False
     check_tolerance: float = 0.05
 
 
@@ -117,20 +121,20 @@ _DDPM_NET = tuple(f"--model.init_args.{k}" for k in (
 _DDPM_CPU = dict(_CPU, cpu_budget=(*_CPU_30_MIN, "--trainer.check_val_every_n_epoch=5", *_DDPM_NET))
 # The two MNIST U-Net rows (DDPM and rectified flow: the same network, data and optimiser) train the same number of
 # steps, what ddpm_mnist's 30 CPU minutes gave (7,510 batches of 64), whatever else the machine runs meanwhile.
-_MNIST_UNET = dict(cpu_budget=("--trainer.max_steps=7500",), needs_classifier=True)
+_MNIST_UNET = dict(cpu_budget=("--trainer.max_steps=7500",), needs_classifier=True, ships_weights=True)
 # How each config's row is measured where it differs from ``Row``'s defaults; a config that is not here gets a row
 # with the defaults. The order is the table's (configs not listed follow, by name).
 PROTOCOL: dict[str, dict] = {
-    "vit_mnist": dict(check_tolerance=0.003),  # 99.33% ± 0.3 points
+    "vit_mnist": dict(check_tolerance=0.003, ships_weights=True),  # 99.33% ± 0.3 points
     "vit_cifar10": _VIT_CPU,
-    "vae_mnist": dict(grid="prior_samples", seeds=(0, 1, 2)),
-    "betavae_mnist": dict(grid="traversals"),
+    "vae_mnist": dict(grid="prior_samples", seeds=(0, 1, 2), ships_weights=True),
+    "betavae_mnist": dict(grid="traversals", ships_weights=True),
     "vae_cifar10": dict(grid="prior_samples", **_VAE_CPU),
     "betavae_celeba": dict(grid="traversals", **_VAE_CPU),
     "gan_mnist": dict(grid="generator", overrides=_mnist_fid(), cpu_budget=("--trainer.max_epochs=10",),
-                      needs_classifier=True),
+                      needs_classifier=True, ships_weights=True),
     "dcgan_mnist": dict(grid="generator_ema", overrides=_mnist_fid(), cpu_budget=("--trainer.max_epochs=8",),
-                        seeds=(0, 1, 2), needs_classifier=True),
+                        seeds=(0, 1, 2), needs_classifier=True, ships_weights=True),
     "dcgan_cifar10": dict(grid="generator_ema", **_GAN_CPU),
     "dcgan_celeba": dict(grid="generator_ema", **_GAN_CPU),
     "ddpm_mnist": dict(samplers=SAMPLERS, **_MNIST_UNET),
@@ -358,8 +362,10 @@ def feature_network() -> str:
     """Which network the MNIST FID features come from: FIDs are comparable only between runs on the same one."""
     from lightning_modules.metrics import RULERS
 
+    from training.pretrained import pins
+
     ruler = RULERS[RULER]
-    return f"the MNIST ruler `{RULER}` (`weights/{ruler.file}`, sha256 {ruler.sha256[:12]}; {ruler.what})"
+    return f"the MNIST ruler `{RULER}` (`weights/{ruler.file}`, sha256 {pins()[ruler.file][:12]}; {ruler.what})"
 
 
 def protocol(row: Row, test_cli, seeds: int) -> str:
@@ -528,6 +534,23 @@ def budget_cell(row: Row, record: dict) -> str:
             f"<br>load average at start {load}")
 
 
+def pretrained_command(name: str, record: dict) -> str:
+    """The command that tests the row's shipped weights the way the row was tested (its first seed)."""
+    row = ROWS[name]
+    args = ["--config", f"configs/{row.config}.yaml", f"--seed_everything={record['weights']['seed']}", *row.overrides,
+            "--ckpt_path=pretrained"]
+    return "module14 test " + shlex.join(args)
+
+
+def weights_note(name: str, record: dict) -> str:
+    """Where a row's shipped weights are and how to test them (nothing for a row that ships none)."""
+    weights = record.get("weights")
+    if not weights:
+        return ""
+    return (f"<br>weights: `{weights['file']}` (seed {weights['seed']}, {weights['megabytes']:.1f} MB, sha256 "
+            f"{weights['sha256'][:12]}): `{pretrained_command(name, record)}`")
+
+
 def table_row(name: str, record: dict | None) -> str:
     row = ROWS[name]
     command = f"`python benchmarks/results.py --row {name}`"
@@ -541,7 +564,7 @@ def table_row(name: str, record: dict | None) -> str:
         hw += "<br>**not yet run on a GPU**"
     grid = f"[{record['grid_caption']}]({record['grid']})"
     return (f"| `{name}` | {hw} | {budget_cell(row, record)} | {metrics_cell(record)} | {grid} | "
-            f"`{record['command']}`<br>({record['date']}, commit {record['commit']}) |")
+            f"`{record['command']}`<br>({record['date']}, commit {record['commit']}){weights_note(name, record)} |")
 
 
 def sampler_section(table: dict, name: str = "ddpm_mnist", earlier: dict | None = None) -> list[str]:
@@ -680,20 +703,29 @@ def render(results: dict[str, dict]) -> str:
 
 def export_ruler() -> str:
     """``--export-ruler``: the vit_mnist row's network, weights only, as ``weights/mnist_vit.pt`` (what
-    ``features: mnist_vit`` loads); returns its sha256, which a new ruler pins in ``RULERS``."""
-    import hashlib
-
-    from lightning_modules.metrics import RULERS, WEIGHTS
+    ``features: mnist_vit`` loads), pinned in ``weights/SHA256SUMS``; returns its sha256."""
+    from lightning_modules.metrics import RULERS
+    from training.pretrained import ship
 
     checkpoint = torch.load(MNIST_CLASSIFIER, map_location="cpu", weights_only=True)
     keep = ("image_shape", "num_classes", "normalization_mean_std", "patch_size", "embed_dim", "depth", "num_heads",
             "mlp_ratio")
     ruler = {"hyper_parameters": {k: checkpoint["hyper_parameters"][k] for k in keep},
              "state_dict": {k: v.clone() for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}}
-    path = WEIGHTS / RULERS["mnist_vit"].file
-    path.parent.mkdir(exist_ok=True)
-    torch.save(ruler, path)
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return ship(ruler, RULERS["mnist_vit"].file)
+
+
+def ship_row_weights(name: str, record: dict) -> dict:
+    """``weights/<row>.ckpt``: the row's trained weights (its first seed's), pinned, for ``--ckpt_path pretrained``;
+    returns what the record says of them."""
+    from training.pretrained import WEIGHTS, ship
+
+    run = record["runs"][0]
+    checkpoint = torch.load(ROOT / run["checkpoint"], map_location="cpu", weights_only=True)
+    digest = ship(checkpoint, f"{name}.ckpt")
+    file = WEIGHTS / f"{name}.ckpt"
+    return {"file": str(file.relative_to(ROOT)), "sha256": digest, "seed": run["seed"],
+            "megabytes": round(file.stat().st_size / 1e6, 2)}
 
 
 def load_results(path: Path = RESULTS_JSON) -> dict[str, dict]:
@@ -714,7 +746,10 @@ def main(argv: list[str] | None = None) -> None:
     action.add_argument("--compact-grids", action="store_true", help="re-save the committed grids as small PNGs")
     action.add_argument("--export-ruler", action="store_true",
                         help="write weights/mnist_vit.pt (the MNIST FID ruler) from the vit_mnist row's checkpoint and "
-                             "print its sha256: a new ruler, pinned by hand in lightning_modules/metrics.py")
+                             "pin its sha256 in weights/SHA256SUMS: a new ruler, a deliberate change")
+    action.add_argument("--export-weights", nargs="+", metavar="ROW",
+                        help="ship the rows' trained weights as weights/<row>.ckpt, pinned in weights/SHA256SUMS, from "
+                             "their records' checkpoints (--row does it for the rows that ship weights)")
     action.add_argument("--sampler-table", type=int, metavar="N",
                         help="measure a row's sampler table (--sampler-row, default ddpm_mnist) with N samples per "
                              "sampler, from the row's checkpoint, on the current MNIST ViT; kept beside the tables "
@@ -749,8 +784,8 @@ def main(argv: list[str] | None = None) -> None:
             compact_png(path)
         return
     if args.export_ruler:
-        print(f"weights/mnist_vit.pt: sha256 {export_ruler()} (pin it in lightning_modules/metrics.py RULERS, then "
-              "measure the MNIST FIDs again)")
+        print(f"weights/mnist_vit.pt: sha256 {export_ruler()}, pinned in weights/SHA256SUMS: measure every MNIST FID "
+              "again")
         return
     record = table = None
     os.chdir(ROOT)  # the CLI arguments are relative to the repository root
@@ -766,6 +801,13 @@ def main(argv: list[str] | None = None) -> None:
     results = load_results()  # read after measuring: rows measured at the same time keep each other's records
     if record is not None:
         results[args.row] = {**record, **earlier_sampler_tables(results.get(args.row, {}))}
+        if ROWS[args.row].ships_weights:
+            results[args.row]["weights"] = ship_row_weights(args.row, record)
+    for name in args.export_weights or []:
+        if name not in results or not ROWS[name].ships_weights:
+            parser.error(f"--export-weights {name}: the rows that ship weights are "
+                         f"{', '.join(n for n, row in ROWS.items() if row.ships_weights)}, and they need a record")
+        results[name]["weights"] = ship_row_weights(name, results[name])
     if table is not None:
         owner = results[args.sampler_row]
         owner["samplers"] = merge_sampler_table(sampler_tables(owner), table, ROWS[args.sampler_row].samplers)

@@ -1,5 +1,5 @@
-"""A checkpoint given with ``--ckpt_path``: read safely, found by name (``best``, ``last``, a requeued SLURM job's),
-and merged into the config so that what the user typed wins or is refused, never silently replaced.
+"""A checkpoint given with ``--ckpt_path``: read safely, found by name (``best``, ``last``, ``pretrained``, a requeued
+SLURM job's), and merged into the config so that what the user typed wins or is refused, never silently replaced.
 
 - ``read_checkpoint``: weights-only, a Lightning checkpoint, finite weights; anything else is one ``CheckpointError``.
 - ``CheckpointConfig`` (a part of ``Module14CLI``): the checkpoint's hyperparameters become the defaults of what the
@@ -22,6 +22,7 @@ from jsonargparse import Namespace
 from command_line.parser import import_class, init_parameters, say
 from lightning_modules.registry import project_class, project_class_names
 from training.precision import PRECISION_KEY
+from training.pretrained import is_shipped, pretrained_checkpoint, verified
 from training.runs import WANDB_RUN_KEY, experiment_identity, requeued_checkpoint, requeued_job, run_checkpoint
 
 class CheckpointError(ValueError):
@@ -217,6 +218,8 @@ class CheckpointConfig:
         refuse_remote(str(ckpt_path))
         if ckpt_path in ("best", "last"):
             ckpt_path = self.config[subcommand].ckpt_path = self._run_checkpoint(ckpt_path)
+        if ckpt_path == "pretrained" or Path(ckpt_path).is_file() and is_shipped(ckpt_path):
+            ckpt_path = self.config[subcommand].ckpt_path = self._shipped_checkpoint(subcommand, ckpt_path)
         if Path(ckpt_path).is_dir():
             found = sorted(p.name for p in Path(ckpt_path).glob("*.ckpt"))[:5]
             raise CheckpointError(
@@ -264,6 +267,21 @@ class CheckpointConfig:
         identity = experiment_identity(model, data, inference)
         path = run_checkpoint(which, self._runs_root()[0], identity, inference)
         say(f"--ckpt_path {which} is {path}")
+        return path
+
+    def _shipped_checkpoint(self, subcommand: str, ckpt_path: str) -> str:
+        """Shipped weights (``training.pretrained``), verified: ``pretrained``, those of the ``--config`` experiment,
+        or a file in ``weights/``. Not for ``fit``: they hold no optimizer or loop state to resume."""
+        configs = [str(path) for path in self.config[subcommand].get("config") or []]
+        if subcommand == "fit":
+            raise CheckpointError(
+                f"--ckpt_path {ckpt_path} is for validate, test and predict: the shipped weights hold no optimizer or "
+                "loop state, so fit cannot resume from them. Test them with `module14 test --config "
+                f"{configs[-1] if configs else 'configs/<name>.yaml'} --ckpt_path pretrained`, or train a new run.")
+        if ckpt_path != "pretrained":
+            return str(verified(Path(ckpt_path).name))
+        path = pretrained_checkpoint(configs)
+        say(f"--ckpt_path pretrained is {path} (its sha256 matches weights/SHA256SUMS)")
         return path
 
     def _requeued_checkpoint(self, job: str) -> str | None:

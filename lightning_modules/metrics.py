@@ -3,13 +3,12 @@
 
 Features, named in the metric (``fid_inception`` / ``fid_vit``): ``inception``, the standard Inception-v3 pool
 features (torch-fidelity's port; weights from ``inception_weights`` or torch hub's cache, downloaded there once),
-the only ones comparable with published FIDs; ``mnist_vit``, the MNIST ruler shipped in ``weights/`` with its pinned
-sha256 (``RULERS``), which every MNIST FID in RESULTS.md uses; or ``classifier``, the class-token features of any
-``ViTClassifier`` checkpoint trained on the same dataset, comparable only with itself."""
+the only ones comparable with published FIDs; ``mnist_vit``, the MNIST ruler shipped in ``weights/`` with its sha256
+pinned in ``weights/SHA256SUMS`` (``RULERS``), which every MNIST FID in RESULTS.md uses; or ``classifier``, the
+class-token features of any ``ViTClassifier`` checkpoint trained on the same dataset, comparable only with itself."""
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import math
 from pathlib import Path
@@ -26,44 +25,26 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from lightning_modules.images import to_unit_range
+from training.pretrained import verified
 from training.rng import seeded_generator
 from networks.vit import VisionTransformer
 
 FeatureChoice = Literal["auto", "inception", "mnist_vit", "classifier"]
-WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 
 
 class Ruler(NamedTuple):
-    """Feature-network weights shipped with module14, pinned by sha256: FIDs on them compare across machines."""
+    """Feature-network weights shipped with module14 and pinned by sha256: FIDs on them compare across machines."""
 
-    file: str  # under weights/
-    sha256: str
+    file: str  # in weights/, pinned in weights/SHA256SUMS
     what: str
 
 
-# A new ruler is a deliberate, named change (`python benchmarks/results.py --export-ruler` writes the file from the
-# vit_mnist row and prints its hash); it makes every FID measured on the old one incomparable, so RESULTS.md's MNIST
-# FIDs are measured again on it.
+# A ruler never changes with the row it came from: a new one is a deliberate change (`python benchmarks/results.py
+# --export-ruler` writes and pins it), after which every MNIST FID in RESULTS.md is measured again.
 RULERS = {
-    "mnist_vit": Ruler("mnist_vit.pt", "6cf5b4f9a673f766a110f01406c47dac71f617388ba202db89c0ac891557d023",
-                       "the vit_mnist row's ViT (commit f6e07ed, 99.33% test accuracy): 16 tokens of width 96, depth 4"),
+    "mnist_vit": Ruler("mnist_vit.pt", "the vit_mnist row's ViT of commit f6e07ed (99.33% test accuracy): 16 tokens "
+                                       "of width 96, depth 4"),
 }
-
-
-def ruler_file(name: str) -> Path:
-    """The shipped weights of ruler ``name``, after checking their sha256 against the pinned one."""
-    ruler = RULERS[name]
-    path = WEIGHTS / ruler.file
-    if not path.is_file():
-        raise FileNotFoundError(f"the FID ruler {name} ({path}) is missing: it ships with module14; restore it with "
-                                f"`git checkout weights/{ruler.file}`.")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if digest != ruler.sha256:
-        raise ValueError(
-            f"the FID ruler {name} ({path}) has sha256 {digest[:16]}..., not the pinned {ruler.sha256[:16]}...: it is "
-            f"not {ruler.what}, and FIDs on it would not compare with RESULTS.md's. Restore it with "
-            f"`git checkout weights/{ruler.file}` (a new ruler is pinned in lightning_modules/metrics.py RULERS).")
-    return path
 
 
 INCEPTION_URL = (
@@ -247,7 +228,7 @@ class SampleQuality(nn.Module):
         if features == "inception":
             self.extractor: nn.Module = InceptionFeatures(inception_weights)
         elif features in RULERS:
-            self.extractor = ClassifierFeatures(str(ruler_file(features)))
+            self.extractor = ClassifierFeatures(str(verified(RULERS[features].file)))
         elif features == "classifier" and classifier_checkpoint:
             self.extractor = ClassifierFeatures(classifier_checkpoint)
         else:

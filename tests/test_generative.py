@@ -85,9 +85,10 @@ def test_the_shipped_mnist_ruler_is_the_trained_vit_and_classifies_mnist(data_di
     trained classifier (a random or wrong network fails the accuracy check, so its features are not a ruler)."""
     from torchvision.datasets import MNIST
 
-    from lightning_modules.metrics import ClassifierFeatures, ruler_file
+    from lightning_modules.metrics import RULERS, ClassifierFeatures
+    from training.pretrained import verified
 
-    ruler = ClassifierFeatures(str(ruler_file("mnist_vit")))
+    ruler = ClassifierFeatures(str(verified(RULERS["mnist_vit"].file)))
     test = MNIST(str(data_dir), train=False)
     images = test.data[:500].unsqueeze(1).float() / 255  # (500, 1, 28, 28) in [0, 1]
     with torch.no_grad():
@@ -98,14 +99,16 @@ def test_the_shipped_mnist_ruler_is_the_trained_vit_and_classifies_mnist(data_di
 
 
 def test_a_ruler_whose_bytes_differ_from_the_pinned_hash_is_refused(tmp_path, monkeypatch):
-    from lightning_modules import metrics
+    from lightning_modules.metrics import SampleQuality
+    from training import pretrained
 
-    shipped = metrics.ruler_file("mnist_vit").read_bytes()
-    monkeypatch.setattr(metrics, "WEIGHTS", tmp_path)
+    shipped = pretrained.verified("mnist_vit.pt").read_bytes()
+    (tmp_path / "SHA256SUMS").write_text((pretrained.WEIGHTS / "SHA256SUMS").read_text())
+    monkeypatch.setattr(pretrained, "WEIGHTS", tmp_path)
     with pytest.raises(FileNotFoundError, match="git checkout weights/mnist_vit.pt"):
-        metrics.SampleQuality(features="mnist_vit")
+        SampleQuality(features="mnist_vit")
     (tmp_path / "mnist_vit.pt").write_bytes(shipped[:-1] + bytes([shipped[-1] ^ 1]))  # one bit flipped
     with pytest.raises(ValueError, match="not the pinned"):
-        metrics.SampleQuality(features="mnist_vit")
+        SampleQuality(features="mnist_vit")
     (tmp_path / "mnist_vit.pt").write_bytes(shipped)
-    assert metrics.SampleQuality(features="mnist_vit").extractor.net.head.in_features == 96  # the same bytes load
+    assert SampleQuality(features="mnist_vit").extractor.net.head.in_features == 96  # the same bytes load
