@@ -584,8 +584,8 @@ def sampler_section(table: dict, name: str = "ddpm_mnist", earlier: dict | None 
              + (f", on the {name} row's checkpoint of that commit, which the row no longer holds (nor, where the "
                 "features are another ViT's, that ViT): compare these figures only with each other. " if earlier
                 else f", on the {name} row's checkpoint. ")
-             + f"FID and KID on the features of {table['features']}{kid}. "
-             f"Sampled on {table['hardware']}, {table['batch']} images at a time; "
+             + f"FID and KID on the features of {table['features']}{kid}. " + _ruler_checked(table)
+             + f"Sampled on {table['hardware']}, {table['batch']} images at a time; "
              "s / 64 images is a batch's time scaled to 64 images, median over the batches.", "",
              "| sampler | FID (MNIST ViT) | KID | s / 64 images |" + "".join(f" {headers[r]} |" for r in references),
              "|---|---|---|---|" + "---|" * len(references)]
@@ -639,6 +639,21 @@ def by_network_calls(results: dict[str, dict]) -> list[str]:
                   f"{table[f'{sampler}_seconds_64']:g} |" for calls, name, sampler, table in entries]
         lines.append("")
     return lines
+
+
+def _ruler_checked(table: dict) -> str:
+    """How a table measured before the ruler shipped was found to be on it (``--ruler-floor``), or not."""
+    check = table.get("ruler_check")
+    if not check:
+        return ""
+    floor = check["floor"]
+    figures = f"FID {floor['fid_vit']}, KID {floor['kid_vit']} ± {floor['kid_std_vit']}"
+    if check["same"]:
+        return (f"It was measured on {check['features_before']}; the shipped ruler gives this table's real-vs-real "
+                f"floor to every stored digit ({figures}; {check['date']}, commit {check['commit']}), so its features "
+                "are that ViT's and these FIDs are on the ruler. ")
+    return (f"Measured on {check['features_before']}, not on the shipped ruler: the ruler's floor is {figures}, not "
+            f"this table's ({check['date']}, commit {check['commit']}); compare these figures only with each other. ")
 
 
 def _reused(run: dict) -> str:
@@ -715,6 +730,20 @@ def export_ruler() -> str:
     return ship(ruler, RULERS["mnist_vit"].file)
 
 
+def ruler_floor_check(table: dict) -> dict:
+    """``--ruler-floor``: were a sampler table's FIDs, measured before the ruler shipped, on its features? The ruler's
+    real-vs-real floor on the table's images (the first ``num_fid`` of each split) against the table's own floor:
+    equal to every stored digit (FID, KID and KID's spread) only if the features are; then the table names the ruler,
+    and keeps the check."""
+    from benchmarks.sampling import quality, real_images
+
+    n = table["num_fid"]
+    floor = quality(RULER, n, real_images(n, train=False), real_images(n, train=True), "cpu")
+    check = {"floor": floor, "same": floor == table["real_train_vs_test"], "features_before": table["features"],
+             "commit": _commit(), "date": time.strftime("%Y-%m-%d")}
+    return {**table, "ruler_check": check, "features": feature_network() if check["same"] else table["features"]}
+
+
 def ship_row_weights(name: str, record: dict) -> dict:
     """``weights/<row>.ckpt``: the row's trained weights (its first seed's), pinned, for ``--ckpt_path pretrained``;
     returns what the record says of them."""
@@ -750,6 +779,9 @@ def main(argv: list[str] | None = None) -> None:
     action.add_argument("--export-weights", nargs="+", metavar="ROW",
                         help="ship the rows' trained weights as weights/<row>.ckpt, pinned in weights/SHA256SUMS, from "
                              "their records' checkpoints (--row does it for the rows that ship weights)")
+    action.add_argument("--ruler-floor", metavar="ROW",
+                        help="a row's sampler tables measured before the ruler shipped: recompute their real-vs-real "
+                             "floor on it, and name the ruler where the floor is the table's to every digit")
     action.add_argument("--sampler-table", type=int, metavar="N",
                         help="measure a row's sampler table (--sampler-row, default ddpm_mnist) with N samples per "
                              "sampler, from the row's checkpoint, on the current MNIST ViT; kept beside the tables "
@@ -808,6 +840,10 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--export-weights {name}: the rows that ship weights are "
                          f"{', '.join(n for n, row in ROWS.items() if row.ships_weights)}, and they need a record")
         results[name]["weights"] = ship_row_weights(name, results[name])
+    if args.ruler_floor:
+        results[args.ruler_floor]["samplers"] = [
+            table if table["features"] == feature_network() else ruler_floor_check(table)
+            for table in results[args.ruler_floor].get("samplers", [])]
     if table is not None:
         owner = results[args.sampler_row]
         owner["samplers"] = merge_sampler_table(sampler_tables(owner), table, ROWS[args.sampler_row].samplers)

@@ -344,3 +344,21 @@ def test_check_passes_the_figures_of_the_same_run_and_fails_when_the_table_says_
     table.write_text(json.dumps({"vit_mnist": {**record(measured), "cli": "module14 fit --config other.yaml"}}))
     other = check_row(table)  # a row measured another way is not compared
     assert other.returncode != 0 and "would not compare" in other.stderr
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_a_table_from_before_the_ruler_names_it_only_when_the_ruler_gives_its_floor(results, monkeypatch, same):
+    """``--ruler-floor``: the ruler's real-vs-real floor on the table's images decides; one digit off keeps the old
+    features (a ruler that is not the old ViT would change every FID), and the table says so."""
+    import benchmarks.sampling
+
+    table = {**sampler_figures({"ddim10_eta0": 0.7}), "num_fid": 64, "features": "the old ViT",
+             "real_train_vs_test": {"fid_vit": 6.47149, "kid_vit": 0.12756, "kid_std_vit": 0.06768}}
+    floor = {**table["real_train_vs_test"], "fid_vit": 6.47149 if same else 6.47148}
+    monkeypatch.setattr(benchmarks.sampling, "real_images", lambda n, train: torch.zeros(n, 1, 32, 32))
+    monkeypatch.setattr(benchmarks.sampling, "quality", lambda ruler, n, real, fake, device: dict(floor))
+    checked = results.ruler_floor_check(table)
+    assert checked["ruler_check"]["same"] is same and checked["ruler_check"]["features_before"] == "the old ViT"
+    assert checked["features"] == (results.feature_network() if same else "the old ViT")
+    text = " ".join(results.sampler_section({**checked, "runs": [run("ddpm")]}))
+    assert ("these FIDs are on the ruler" in text) is same and ("not on the shipped ruler" in text) is not same
