@@ -13,7 +13,7 @@ import hashlib
 import os
 import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -23,6 +23,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 from torchvision.transforms import v2
+
+from datamodules.augment import ShiftFlip
+from training.rng import seeded_generator
 
 DATA_DIR_ENV = "MODULE14_DATA_DIR"
 
@@ -103,8 +106,10 @@ class ImageDataModule(L.LightningDataModule):
         image_size: side of the square images served; ``None`` keeps the dataset's native size.
         normalization: ``mean_std`` (standardised, for classifiers), ``zero_one`` ([0, 1], Bernoulli VAEs) or
             ``minus_one_one`` ([-1, 1], GANs and diffusion).
-        augment: training augmentation: ``none``, ``basic`` (dataset-specific crop/flip) or ``strong`` (basic plus
-            TrivialAugment). Validation, test and predict data are never augmented.
+        augment: training augmentation: ``none``, ``basic`` (the dataset's random shift and flip, drawn per image for
+            the whole batch at once on the device it was moved to: ``datamodules/augment.py``) or ``strong`` (the same
+            shift and flip, then TrivialAugment, per image in the loader's workers: TrivialAugment has no batched
+            form). Validation, test and predict data are never augmented.
         val_size: images held out of the training split for validation: a count, or a fraction if < 1.
         seed: seed of the train/val split (independent of the training seed).
         predict_size: how many test images the ``predict`` split serves (``None``: all of them).
@@ -164,6 +169,7 @@ class ImageDataModule(L.LightningDataModule):
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
         self.predict_set: Dataset | None = None
+        self.augmented_batches = 0  # training batches augmented so far: the key of the next one's draw
 
     # ----------------------------------------------------------------------------------------- what a model needs
     @property
@@ -213,9 +219,10 @@ class ImageDataModule(L.LightningDataModule):
             return []
         return [v2.Resize(self.image_size, antialias=True)]
 
-    def basic_augmentations(self) -> list[v2.Transform]:
-        """``augment: basic``: a random crop with padding (subclasses add flips where they keep the label)."""
-        return [v2.RandomCrop(self.image_size, padding=self.image_size // 8)]
+    def basic_augmentation(self) -> ShiftFlip:
+        """``augment: basic``: random shifts of up to 1/8 of the side (subclasses add flips where they keep the
+        label)."""
+        return ShiftFlip(padding=self.image_size // 8, flip=False)
 
     # ------------------------------------------------------------------------------------------- file checks
     def check_contents(self) -> None:
@@ -315,12 +322,11 @@ class ImageDataModule(L.LightningDataModule):
         return to_float + [v2.Normalize(*self.normalization_mean_std)]
 
     def train_transform(self) -> v2.Transform:
-        """Geometry, then the ``augment`` level's random augmentations, then the value range."""
+        """Geometry, then (``augment: strong``) the random augmentations per image, then the value range. ``basic``
+        augments whole batches after they reach the device (``on_after_batch_transfer``)."""
         augment: list[v2.Transform] = []
-        if self.augment in ("basic", "strong"):
-            augment += self.basic_augmentations()
         if self.augment == "strong":
-            augment.append(v2.TrivialAugmentWide())
+            augment = [*self.basic_augmentation().per_image(self.image_size), v2.TrivialAugmentWide()]
         return v2.Compose(self.geometry_transforms() + augment + self._to_range())
 
     def eval_transform(self) -> v2.Transform:
@@ -343,7 +349,7 @@ class ImageDataModule(L.LightningDataModule):
             self.check_files()
             self.check_contents()
         if stage in (None, "fit", "validate") and self.train_set is None:
-            train_full = self._split(train=True, transform=self.train_transform(), random=self.augment != "none")
+            train_full = self._split(train=True, transform=self.train_transform(), random=self.augment == "strong")
             val_full = self._split(train=True, transform=self.eval_transform(), random=False)
             self._warn_if_partial("train", len(train_full))
             n_val = self._num_val(len(train_full))
@@ -369,6 +375,26 @@ class ImageDataModule(L.LightningDataModule):
         full = self.full_sizes.get(split)
         if full is not None and n != full:
             warnings.warn(f"{self.dataset_name} {split} split has {n} images (the full dataset has {full}).", stacklevel=2)
+
+    # ------------------------------------------------------------------------------- batched augmentation
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """``augment: basic`` on a training batch, now on the model's device. Its draw is keyed by (the run's seed,
+        the rank, the count of batches augmented before): DDP ranks draw differently, and a resumed run, whose
+        checkpoint holds the count (``state_dict``), draws what the uninterrupted run would have."""
+        if self.augment != "basic" or self.trainer is None or not self.trainer.training:
+            return batch
+        images, *rest = batch
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        generator = seeded_generator(images.device, seed, self.trainer.global_rank, self.augmented_batches)
+        self.augmented_batches += 1
+        fill = torch.tensor([-m / s for m, s in zip(*self.normalization_mean_std)])  # a black pixel, as served
+        return type(batch)([self.basic_augmentation()(images, fill, generator), *rest])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"augmented_batches": self.augmented_batches} if self.augment == "basic" else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.augmented_batches = state_dict.get("augmented_batches", 0)
 
     # --------------------------------------------------------------------------------------------- loaders
     def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:

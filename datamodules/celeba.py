@@ -19,6 +19,7 @@ from torchvision.datasets.celeba import CSV
 from compat import CelebAHooks, celeba_placeholder_list
 from torchvision.transforms import v2
 
+from datamodules.augment import ShiftFlip
 from datamodules.base import ImageDataModule, unreadable_file
 
 _OPTIONAL_LISTS = {"list_bbox_celeba.txt": 4, "list_landmarks_align_celeba.txt": 10}  # file -> columns
@@ -122,5 +123,5 @@ class CelebADataModule(ImageDataModule):
     def geometry_transforms(self) -> list[v2.Transform]:
         return [v2.CenterCrop(self.crop_size), v2.Resize(self.image_size, antialias=True)]
 
-    def basic_augmentations(self) -> list[v2.Transform]:
-        return [v2.RandomHorizontalFlip()]
+    def basic_augmentation(self) -> ShiftFlip:
+        return ShiftFlip(padding=0, flip=True)

@@ -21,6 +21,7 @@ from torchvision.datasets import CIFAR10
 from torchvision.transforms import v2
 
 from compat import fill_cifar10
+from datamodules.augment import ShiftFlip
 from datamodules.base import ImageDataModule, unreadable_file
 
 DATASET_NAME = "CIFAR-10"
@@ -141,5 +142,5 @@ class CIFAR10DataModule(ImageDataModule):
         # torchvision keeps CIFAR-10 in memory as one (N, H, W, C) uint8 array
         return torch.from_numpy(dataset.data).permute(0, 3, 1, 2), torch.tensor(dataset.targets)
 
-    def basic_augmentations(self) -> list[v2.Transform]:
-        return [v2.RandomCrop(self.image_size, padding=self.image_size // 8), v2.RandomHorizontalFlip()]
+    def basic_augmentation(self) -> ShiftFlip:
+        return ShiftFlip(padding=self.image_size // 8, flip=True)

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets import MNIST
 from torchvision.transforms import v2
 
+from datamodules.augment import ShiftFlip
 from datamodules.base import ImageDataModule, unreadable_file
 
 SPLIT_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -93,6 +94,5 @@ class MNISTDataModule(ImageDataModule):
             return [v2.Pad(extra // 2)]
         return super().geometry_transforms()
 
-    def basic_augmentations(self) -> list[v2.Transform]:
-        # No flips: a mirrored digit is another symbol.
-        return [v2.RandomCrop(self.image_size, padding=2)]
+    def basic_augmentation(self) -> ShiftFlip:
+        return ShiftFlip(padding=2, flip=False)  # no flips: a mirrored digit is another symbol

@@ -152,12 +152,14 @@ def test_in_memory_splits_serve_exactly_the_per_item_pil_images(data_dir, make):
         assert x.shape == (dm.batch_size, *dm.dims) and y.dtype == torch.int64
 
 
-def test_random_augmentation_keeps_the_per_item_pil_path(data_dir):
+def test_strong_augmentation_keeps_the_per_item_pil_path(data_dir):
+    """TrivialAugment has no batched form: ``strong`` shifts, flips and augments per image in the workers."""
     from datamodules.base import InMemoryImages
 
-    dm = MNISTDataModule(data_dir=str(data_dir), augment="basic", num_workers=0)
+    dm = MNISTDataModule(data_dir=str(data_dir), augment="strong", num_workers=0)
     dm.setup("fit")
-    assert not isinstance(dm.train_set.dataset, InMemoryImages)  # RandomCrop per image, as before
+    assert not isinstance(dm.train_set.dataset, InMemoryImages)
+    assert [type(t).__name__ for t in dm.train_transform().transforms][:2] == ["RandomCrop", "TrivialAugmentWide"]
     assert isinstance(dm.val_set.dataset, InMemoryImages)
 
 

@@ -17,10 +17,12 @@ def checkpoint_every(steps: int) -> list[str]:
             "--trainer.callbacks.init_args.filename={step}"]
 
 
-def resume_matches_uninterrupted(run_cli, tmp_path, config: list[str], total_steps: int, resume_step: int = 3) -> None:
+def resume_matches_uninterrupted(run_cli, tmp_path, config: list[str], total_steps: int, resume_step: int = 3,
+                                 last: tuple[str, ...] = ()) -> None:
     """Train ``total_steps`` with a checkpoint every ``resume_step`` steps; resume from the first in a new run; the
-    weights (EMA copies included) and every optimizer's state must equal the uninterrupted run's, bit for bit."""
-    run = [*config, *CSV_LOGGER, *DETERMINISTIC]
+    weights (EMA copies included) and every optimizer's state must equal the uninterrupted run's, bit for bit.
+    ``last``: arguments after ``DETERMINISTIC``'s."""
+    run = [*config, *CSV_LOGGER, *DETERMINISTIC, *last]
     uninterrupted = run_cli("fit", *run, *checkpoint_every(resume_step), f"--trainer.max_steps={total_steps}")
     mid = tmp_path / f"mid/step={resume_step}.ckpt"
     assert torch.load(mid, weights_only=True)["global_step"] == resume_step
@@ -53,6 +55,25 @@ def test_resume_without_rng_state_would_differ(run_cli, tmp_path):
                                                              "--model.dropout=0.2", "--data.batch_size=16"], total_steps=7)
     finally:
         RNGStateCheckpoint.load_state_dict = original
+
+
+@pytest.mark.parametrize("restore_count", [True, False])
+def test_vit_resumes_exactly_with_batched_augmentation(run_cli, tmp_path, monkeypatch, restore_count):
+    """``augment: basic`` draws from a stream keyed by the count of batches augmented, which checkpoints hold: the
+    resumed run draws the uninterrupted run's shifts. Negative control: a resume that does not restore the count
+    draws others, and the weights differ."""
+    from datamodules.base import ImageDataModule
+
+    if not restore_count:
+        monkeypatch.setattr(ImageDataModule, "load_state_dict", lambda self, state: None)
+    resume = lambda: resume_matches_uninterrupted(  # noqa: E731
+        run_cli, tmp_path, ["--config", "configs/vit_mnist.yaml", *TINY_VIT, "--data.batch_size=16"], total_steps=6,
+        last=("--data.augment=basic",))
+    if restore_count:
+        resume()
+    else:
+        with pytest.raises(AssertionError, match="differs after resuming"):
+            resume()
 
 
 def test_gan_resumes_exactly_with_ema_and_both_optimizers(run_cli, tmp_path):
