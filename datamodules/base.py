@@ -92,7 +92,8 @@ class InMemoryImages(Dataset):
         """The DataLoader's batched fetch (``Subset`` passes it through): (image, label) items for the collate."""
         index = torch.as_tensor(indices)
         images = self.transform(self.images[index]).as_subclass(Tensor)
-        return list(zip(images, self.labels[index].tolist()))
+        labels = self.labels[index]  # (B,) classes, or (B, K) attributes
+        return list(zip(images, labels.tolist() if labels.dim() == 1 else labels))
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -122,6 +123,7 @@ class ImageDataModule(L.LightningDataModule):
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
     full_sizes: dict[str, int] = {}  # split sizes of the complete dataset, to say when a copy is partial
+    geometry_cached = False  # uint8_images serves images already at image_size (decoded and resized once, by PIL)
 
     def __init__(
         self,
@@ -209,8 +211,9 @@ class ImageDataModule(L.LightningDataModule):
         raise NotImplementedError
 
     def uint8_images(self, dataset: Dataset) -> tuple[Tensor, Tensor] | None:
-        """The whole split as (N, C, H, W) uint8 images and (N,) labels where the dataset holds it in memory (MNIST,
-        CIFAR-10); ``None`` (images read per item) otherwise."""
+        """The whole split as (N, C, H, W) uint8 images and (N, ...) labels where the dataset holds it in memory
+        (MNIST, CIFAR-10) or caches it decoded (CelebA, ``geometry_cached``); ``None`` (images read per item)
+        otherwise."""
         return None
 
     def geometry_transforms(self) -> list[v2.Transform]:
@@ -367,9 +370,11 @@ class ImageDataModule(L.LightningDataModule):
         is deterministic (no augmentation) and exact on tensors (no resize: PIL's and torch's interpolations differ).
         Random augmentations keep the per-item PIL path, so their semantics are untouched."""
         dataset = self.make_dataset(train=train, transform=transform)
-        resizes = any(isinstance(t, v2.Resize) for t in self.geometry_transforms())
+        resizes = any(isinstance(t, v2.Resize) for t in self.geometry_transforms()) and not self.geometry_cached
         arrays = None if random or resizes else self.uint8_images(dataset)
-        return dataset if arrays is None else InMemoryImages(*arrays, transform)
+        if arrays is None:
+            return dataset
+        return InMemoryImages(*arrays, v2.Compose(self._to_range()) if self.geometry_cached else transform)
 
     def _warn_if_partial(self, split: str, n: int) -> None:
         full = self.full_sizes.get(split)

@@ -130,7 +130,9 @@ def test_val_size_larger_than_train_is_a_clear_error(data_dir):
     lambda d: MNISTDataModule(data_dir=d, image_size=32, normalization="minus_one_one"),
     lambda d: MNISTDataModule(data_dir=d),
     lambda d: CIFAR10DataModule(data_dir=d, verify_integrity=False),
-], ids=["mnist_zero_one", "mnist_32_minus_one_one", "mnist_mean_std", "cifar10_mean_std"])
+    lambda d: CelebADataModule(data_dir=d, verify_integrity=False, normalization="minus_one_one", val_size=100,
+                               batch_size=64),
+], ids=["mnist_zero_one", "mnist_32_minus_one_one", "mnist_mean_std", "cifar10_mean_std", "celeba_decoded_once"])
 def test_in_memory_splits_serve_exactly_the_per_item_pil_images(data_dir, make):
     """Without random augmentation MNIST and CIFAR-10 are served from one in-memory tensor, a batch at a time; the
     items (pixels, dtype, labels) and batches are those of the torchvision dataset with its per-item PIL transform."""
@@ -147,7 +149,8 @@ def test_in_memory_splits_serve_exactly_the_per_item_pil_images(data_dir, make):
         indices = dataset.indices[:64] if split != "test" else list(range(64))
         for (x, y), i in zip(dataset.__getitems__(list(range(64))), indices):
             x_pil, y_pil = pil[i]
-            assert torch.equal(x, x_pil) and x.dtype == x_pil.dtype == torch.float32 and y == y_pil
+            assert torch.equal(x, x_pil) and x.dtype == x_pil.dtype == torch.float32
+            assert torch.equal(torch.as_tensor(y), torch.as_tensor(y_pil))
         x, y = first_batch(dm, split)
         assert x.shape == (dm.batch_size, *dm.dims) and y.dtype == torch.int64
 
@@ -170,3 +173,41 @@ def test_pin_memory_reaches_every_loader(data_dir, pin_memory):
     dm.setup("test")
     assert {dm.train_dataloader().pin_memory, dm.val_dataloader().pin_memory, dm.test_dataloader().pin_memory} == {
         pin_memory}
+
+
+def test_celeba_is_decoded_once_into_a_checked_cache(data_dir, tmp_path, monkeypatch, capsys):
+    """The first setup decodes the split into a uint8 file; later ones load it and an epoch opens no JPEG; a copy of
+    other images is decoded again, saying so; a damaged file is refused, naming itself."""
+    import PIL.Image
+
+    from datamodules import celeba
+    from datamodules.base import UnreadableDataError
+
+    files = [tmp_path / "read-only" / "test.pt", tmp_path / "home" / "test.pt"]
+    monkeypatch.setattr(CelebADataModule, "_cache_files", lambda self, name: files)
+    (tmp_path / "read-only").write_text("a file where the folder would be: the first place cannot be written")
+
+    def test_split() -> CelebADataModule:
+        dm = CelebADataModule(data_dir=str(data_dir), verify_integrity=False, num_workers=0, batch_size=64)
+        dm.setup("test")
+        return dm
+
+    decoded = test_split()
+    assert "decoding the 480 test images once" in capsys.readouterr().err and files[1].is_file()
+    monkeypatch.setattr(PIL.Image, "open", lambda *args, **kwargs: pytest.fail("a JPEG was opened"))
+    monkeypatch.setattr(CelebADataModule, "_decode", lambda *args: pytest.fail("decoded again"))
+    loaded = test_split()
+    batches = list(loaded.test_dataloader())
+    assert sum(len(x) for x, _ in batches) == 480 and torch.equal(loaded.test_set.images, decoded.test_set.images)
+
+    monkeypatch.setattr(celeba._CelebA, "source_digest", lambda self: "another copy")
+    with pytest.raises(pytest.fail.Exception, match="decoded again"):
+        test_split()
+    assert "was decoded from other image files" in capsys.readouterr().err
+    monkeypatch.undo()
+    monkeypatch.setattr(CelebADataModule, "_cache_files", lambda self, name: files)
+    record = torch.load(files[1], weights_only=True)
+    record["images"][0, 0, 0, 0] ^= 1  # one bit of one pixel
+    torch.save(record, files[1])
+    with pytest.raises(UnreadableDataError, match="fails its checksum.*Delete it"):
+        test_split()
