@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from command_line.checkpoints import CheckpointError, plain
+from command_line.checkpoint_file import CheckpointError
+from command_line.checkpoints import plain
 from command_line.parser import DATA_LINKS, say
 
 

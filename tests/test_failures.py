@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import CSV_LOGGER, ROOT, TINY_VIT, module14
 
-from command_line.checkpoints import CheckpointError
+from command_line.checkpoint_file import CheckpointError
 from training.stopping import NonFiniteLossError
 
 VALIDATE = ["validate", "--config", "configs/vit_mnist.yaml", *TINY_VIT, *CSV_LOGGER, "--trainer.limit_val_batches=1"]

@@ -16,7 +16,8 @@ import yaml
 from conftest import DATA_DIR, ROOT, TINY_UNET, TINY_VIT, module14
 from PIL import Image
 
-from command_line.checkpoints import CheckpointError, typed_model_args
+from command_line.checkpoint_file import CheckpointError
+from command_line.checkpoints import typed_model_args
 from training.runs import RunNotFoundError
 
 CONFIG = "configs/ddpm_mnist.yaml"

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import CSV_LOGGER, ROOT, TINY_DDPM, TINY_VIT, module14
 
-from command_line.checkpoints import CheckpointError, read_checkpoint
+from command_line.checkpoint_file import CheckpointError, read_checkpoint
 
 VIT = ["--config", "configs/vit_mnist.yaml", *TINY_VIT, *CSV_LOGGER, "--data.num_workers=0", "--data.batch_size=16",
        "--trainer.enable_model_summary=false"]
