@@ -637,8 +637,22 @@ def by_network_calls(results: dict[str, dict]) -> list[str]:
                   "", "| network calls | row | sampler | FID (MNIST ViT) | KID | s / 64 images |", "|---|---|---|---|---|---|"]
         lines += [f"| {calls} | {name} | {sampler} | {table[sampler]['fid_vit']:.2f} | {table[sampler]['kid_vit']:.4f} | "
                   f"{table[f'{sampler}_seconds_64']:g} |" for calls, name, sampler, table in entries]
-        lines.append("")
+        lines += ["", _same_day_times(results, tables), ""]
     return lines
+
+
+def _same_day_times(results: dict[str, dict], tables: list[tuple[str, dict]]) -> str:
+    """Whether the rows' sampling times compare: the same CPU model is not the same speed on another day (another
+    machine of the pool), which each row's fit rate shows."""
+    names = [name for name, _ in tables]
+    rates = {name: results[name]["runs"][0]["batches"] / results[name]["runs"][0]["wall_s"] * 60 for name in names}
+    days = {name: table["runs"][-1]["date"] for name, table in tables}
+    if len(set(days.values())) == 1:
+        return f"Every row's samples were drawn on {days[names[0]]}: the times compare."
+    return ("The rows were sampled on different days: " + ", ".join(f"{name} {days[name]}" for name in names)
+            + ". The same CPU model ran their fits at " + ", ".join(f"{rates[name]:.0f}" for name in names)
+            + " training steps per minute (the same network and batch), so compare the times within a row, and the "
+            "FIDs across rows.")
 
 
 def _ruler_checked(table: dict) -> str:

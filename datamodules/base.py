@@ -383,10 +383,12 @@ class ImageDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------------------- batched augmentation
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """``augment: basic`` on a training batch, now on the model's device. Its draw is keyed by (the run's seed,
+        """``augment: basic`` on a training batch (images, labels), now on the model's device. Its draw is keyed by (the run's seed,
         the rank, the count of batches augmented before): DDP ranks draw differently, and a resumed run, whose
         checkpoint holds the count (``state_dict``), draws what the uninterrupted run would have."""
         if self.augment != "basic" or self.trainer is None or not self.trainer.training:
+            return batch
+        if not isinstance(batch, (list, tuple)):  # the model summary's example input, not a batch of the loader
             return batch
         images, *rest = batch
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))

@@ -94,6 +94,9 @@ def test_basic_augments_training_batches_only_and_serves_them_from_memory(mnist,
         same = mnist.on_after_batch_transfer((images, labels), 0)
         assert same[0] is images
     assert mnist.augmented_batches == 0
+    example = torch.zeros(2, 1, 32, 32)  # what the model summary sends through the hook at the start of fit
+    assert module_at(mnist, training=True).on_after_batch_transfer(example, 0) is example
+    assert mnist.augmented_batches == 0
     augmented, kept = module_at(mnist, training=True).on_after_batch_transfer((images, labels), 0)
     assert kept is labels and augmented.shape == images.shape and not torch.equal(augmented, images)
     assert mnist.augmented_batches == 1 and mnist.state_dict() == {"augmented_batches": 1}
