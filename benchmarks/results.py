@@ -127,7 +127,7 @@ _MNIST_UNET = dict(cpu_budget=("--trainer.max_steps=7500",), needs_classifier=Tr
 PROTOCOL: dict[str, dict] = {
     "vit_mnist": dict(check_tolerance=0.003, ships_weights=True),  # 99.33% ± 0.3 points
     "vit_cifar10": _VIT_CPU,
-    "vae_mnist": dict(grid="prior_samples", seeds=(0, 1, 2), ships_weights=True),
+    "vae_mnist": dict(grid="prior_samples", seeds=(0, 1, 2), ships_weights=True, check_tolerance=0.01),  # ~1 nat
     "betavae_mnist": dict(grid="traversals", ships_weights=True),
     "vae_cifar10": dict(grid="prior_samples", **_VAE_CPU),
     "betavae_celeba": dict(grid="traversals", **_VAE_CPU),
