@@ -157,7 +157,8 @@ class CelebADataModule(ImageDataModule):
         naming itself."""
         name = f"{dataset.split}_{self.crop_size}_{self.image_size}.pt"
         if name not in self._decoded:
-            self._decoded[name] = self._cached(name, dataset.source_digest()) or self._decode(name, dataset)
+            source = dataset.source_digest()
+            self._decoded[name] = self._cached(name, source) or self._decode(name, dataset, source)
         return self._decoded[name]
 
     def _cache_files(self, name: str) -> list[Path]:
@@ -179,14 +180,14 @@ class CelebADataModule(ImageDataModule):
             return cached["images"], cached["labels"]
         return None
 
-    def _decode(self, name: str, dataset: _CelebA) -> tuple[Tensor, Tensor]:
+    def _decode(self, name: str, dataset: _CelebA, source: str) -> tuple[Tensor, Tensor]:
         decoded = self.make_dataset(train=dataset.split == "train",
                                     transform=v2.Compose(self.geometry_transforms() + [v2.PILToTensor()]))
         print(f"module14: CelebA: decoding the {len(decoded)} {dataset.split} images once (an epoch then decodes "
               "none)", file=sys.stderr)
         batches = list(DataLoader(decoded, batch_size=256, num_workers=self.num_workers))
         images, labels = torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
-        record = {"images": images, "labels": labels, "source": dataset.source_digest(),
+        record = {"images": images, "labels": labels, "source": source,
                   "sha256": _pixels_sha256(images)}
         for path in self._cache_files(name):
             try:

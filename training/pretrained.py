@@ -72,13 +72,13 @@ def shipped_configs() -> list[str]:
 def pretrained_checkpoint(configs: list[str]) -> str:
     """``--ckpt_path pretrained``: the shipped weights of the experiment config among ``configs`` (the ``--config``
     files; ``configs/dcgan_mnist.yaml`` -> ``weights/dcgan_mnist.ckpt``), verified."""
-    names = [Path(config).stem for config in configs]
-    found = [name for name in names if name in shipped_configs()]
+    names, shipped = [Path(config).stem for config in configs], shipped_configs()
+    found = [name for name in names if name in shipped]
     if not found:
         raise ValueError(
             f"--ckpt_path pretrained loads the shipped weights of the experiment config, and none ship for "
             f"{', '.join(names) or 'a run without --config'}: weights ship for "
-            f"{', '.join(f'configs/{name}.yaml' for name in shipped_configs())}. Give one of them with --config, or "
+            f"{', '.join(f'configs/{name}.yaml' for name in shipped)}. Give one of them with --config, or "
             f"pass a checkpoint file.")
     return str(verified(f"{found[0]}.ckpt"))
 
