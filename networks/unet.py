@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from networks.attention import attention
 from networks.dropout import Dropout
 
 
@@ -74,7 +75,7 @@ class AttentionBlock(nn.Module):
         B, C, H, W = x.shape
         qkv = self.qkv(self.norm(x)).reshape(B, 3, self.num_heads, C // self.num_heads, H * W)
         q, k, v = qkv.transpose(-1, -2).unbind(1)  # each (B, heads, H*W, C/heads)
-        h = F.scaled_dot_product_attention(q, k, v)  # (B, heads, H*W, C/heads)
+        h = attention(q, k, v)  # (B, heads, H*W, C/heads)
         h = h.transpose(-1, -2).reshape(B, C, H, W)
         return x + self.proj(h)
 

@@ -3,17 +3,18 @@ Scale", ICLR 2021): an image is cut into patches, each patch becomes a token, a 
 of pre-norm transformer blocks reads them; the class token's final state is classified.
 
 The layers and defaults are those of docs/guide.md, Part 1 (Steps 1-5): ``VisionTransformer()`` is ViT-B/16 (86.6M
-parameters). Attention runs through ``F.scaled_dot_product_attention``: the same softmax(q k^T / sqrt(d)) v as the
-guide's explicit formula, in a fused kernel (why, and what it measured: docs/design_data_networks.md, "ViT").
+parameters). Attention is ``networks.attention.attention``: softmax(q k^T / sqrt(d)) v through the faster kernel for the
+device and dtype -- ``F.scaled_dot_product_attention``'s fused kernels on a GPU and in fp32, the explicit formula in
+bf16 on a CPU (why, and what it measured: docs/design_data_networks.md, "ViT").
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
+from networks.attention import attention
 from networks.dropout import Dropout
 
 
@@ -67,9 +68,9 @@ class PositionEmbedding(nn.Module):
 class MultiHeadSelfAttention(nn.Module):
     """Multi-head self-attention; dropout on the attention weights (training only) and on the output.
 
-    ``attn_dropout`` (default: ``dropout``, as in the guide) is the dropout on the attention weights. On CPU the fused
-    SDPA kernels have no attention dropout, so any value > 0 sends training through PyTorch's slower unfused path;
-    the ViT paper uses 0 here, and so do our configs.
+    ``attn_dropout`` (default: ``dropout``, as in the guide) is the dropout on the attention weights. On CPU in fp32
+    the fused SDPA kernel has no attention dropout, so any value > 0 sends training through PyTorch's slower unfused
+    path; the ViT paper uses 0 here, and so do our configs.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.1, attn_dropout: float | None = None):
@@ -87,7 +88,7 @@ class MultiHeadSelfAttention(nn.Module):
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_dropout if self.training else 0.0)
+        x = attention(q, k, v, dropout_p=self.attn_dropout if self.training else 0.0)  # (B, heads, N, head_dim)
         x = x.transpose(1, 2).reshape(B, N, C)
         return self.proj_dropout(self.proj(x))
 
