@@ -84,6 +84,8 @@ SHAPES = {  # name: (batch, heads, tokens, channels per head)
     "ViT 192 wide, 3 heads": (128, 3, 65, 64),
     "ViT-B/16 at 224px": (8, 12, 197, 64),
     "U-Net 16x16, 256 ch": (32, 1, 256, 256),
+    "512 tokens": (16, 4, 512, 64),
+    "512 tokens, 8 heads": (16, 8, 512, 32),
     "1024 tokens": (8, 4, 1024, 64),
     "4096 tokens": (1, 4, 4096, 64),
 }

@@ -4,8 +4,8 @@ for the device, dtype and sequence length: PyTorch's ``F.scaled_dot_product_atte
 On a GPU and in fp32 ``F.scaled_dot_product_attention`` is the fastest correct kernel (flash / memory-efficient
 attention on CUDA, the fused flash kernel on CPU). In bf16 on a CPU it is not: PyTorch's CPU flash kernel is slow in
 reduced precision (its backward most of all), and its math fallback computes in fp32, casting q, k and v up and
-back. There the explicit formula -- two bf16 matrix products and a softmax -- is 1.1-5x faster for a forward and
-backward pass at the sequence lengths our networks use (17-1024 tokens) and as fast at 4096 tokens
+back. There the explicit formula -- two bf16 matrix products and a softmax -- is 1.8-5.6x faster for a forward and
+backward pass at the sequence lengths of our networks (17-256 tokens), 1.1-1.6x for a forward pass alone
 (``benchmarks/attention.py``). It materialises the (N, N) weights, which is what bounds it to the table's lengths,
 and rounds the scores to bf16 (SDPA's bf16 kernel keeps them in fp32), so its error against fp32 is 2-3x SDPA's:
 bf16-sized either way (``tests/test_attention.py``), and the same as the seed's and timm's unfused attention.
@@ -21,11 +21,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 # Longest sequence (tokens) up to which the explicit formula is the faster kernel, by (device type, dtype, whether
-# gradients are recorded). Measured on a 2-core AMD EPYC with AVX-512 BF16, torch 2.14.1 (benchmarks/attention.py,
-# 2026-12-07): with gradients it is faster up to 1024 tokens and even at 4096; without gradients (sampling,
-# evaluation) it is faster at 65-256 tokens with 64-256 channels per head and slower from 1024 tokens on.
+# gradients are recorded). Measured idle on a 2-core AMD EPYC with AVX-512 BF16, torch 2.14.1 (benchmarks/attention.py,
+# 2026-12-07), explicit vs SDPA for one call: with gradients 1.8-5.6x faster at 17-256 tokens, 1.39x at 512 tokens
+# (64 channels per head; 0.94x with 32), 0.95-0.98x at 1024 and 4096; forward alone 1.14-1.61x at 17-256 tokens,
+# 0.57-1.17x at 512, 0.74-0.77x from 1024 on.
 EXPLICIT_UP_TO: dict[tuple[str, torch.dtype, bool], int] = {
-    ("cpu", torch.bfloat16, True): 2048,
+    ("cpu", torch.bfloat16, True): 512,
     ("cpu", torch.bfloat16, False): 256,
 }
 
