@@ -23,11 +23,20 @@ ACTIONABLE = re.compile(r"^(CIFAR-10|CelebA)(: \d+ file\(s\) under .* differ fro
                         r"|^This DataLoader will create \d+ worker processes in total. Our suggested max number of worker")
 
 
+def one_batch(config) -> list[str]:
+    """The config's run cut to one batch per stage: its network and data as configured (CPU-sized where it is GPU-sized),
+    8 predicted images, and 2 sampling steps where the config sets a number of them (its wiring, not its sampler's
+    cost, is under test: DDIM-50 on 64 images was most of this test's time)."""
+    sampling = "sampling_steps" in yaml.safe_load(config.read_text())["model"].get("init_args", {})
+    return ["--trainer.fast_dev_run=true", "--trainer.enable_model_summary=false", "--data.init_args.predict_size=8",
+            *CPU_SIZED.get(config.stem, []), *(["--model.init_args.sampling_steps=2"] if sampling else []),
+            *opt_in(config)]
+
+
 @pytest.mark.parametrize("config", experiment_configs(), ids=lambda p: p.stem)
 def test_every_config_fits_tests_and_predicts_one_batch_without_a_warning_to_ignore(run_cli, config):
     """Every warning fit, test and predict give is counted: none may be noise a user can do nothing about."""
-    shrink = ["--trainer.fast_dev_run=true", "--trainer.enable_model_summary=false", *CPU_SIZED.get(config.stem, []),
-              *opt_in(config)]
+    shrink = one_batch(config)
     with warnings.catch_warnings(record=True) as given:
         warnings.simplefilter("always")
         cli = run_cli("fit", "--config", str(config), *shrink)

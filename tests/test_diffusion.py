@@ -250,13 +250,13 @@ def fit(module, data_dir, steps, batch_size=32):
 def test_loss_decreases_on_mnist_and_ema_is_used_and_checkpointed(data_dir, tmp_path):
     torch.manual_seed(0)
     module = tiny_module()
-    trainer, losses = fit(module, data_dir, steps=200, batch_size=16)
+    trainer, losses = fit(module, data_dir, steps=100, batch_size=16)  # the loss falls to ~0.18 of its start
     first, last = sum(losses[:30]) / 30, sum(losses[-30:]) / 30
     assert last < 0.6 * first, (first, last)
 
     live, ema = dict(module.net.named_parameters()), dict(module.ema.module.named_parameters())
     assert max((live[k] - ema[k]).abs().max().item() for k in live) > 1e-4
-    assert int(module.ema.num_updates) == 200
+    assert int(module.ema.num_updates) == 100
 
     # Sampling uses the EMA network: same noise, same result as sampling the EMA copy directly.
     generated = module.generate(2, torch.Generator().manual_seed(0))
@@ -271,7 +271,7 @@ def test_loss_decreases_on_mnist_and_ema_is_used_and_checkpointed(data_dir, tmp_
     restored = DiffusionModule.load_from_checkpoint(tmp_path / "ddpm.ckpt")
     for name, param in restored.ema.module.named_parameters():
         assert torch.equal(param, ema[name]), name
-    assert int(restored.ema.num_updates) == 200
+    assert int(restored.ema.num_updates) == 100
 
 
 def test_ema_update_math():
