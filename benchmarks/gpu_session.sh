@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One unattended GPU session: RESULTS.md's ddpm_mnist sampler table at 10,000 samples (every sampler, DDPM-1000
-# included), the attention kernels (benchmarks/attention.py --device cuda), the input pipeline on the GPU machine's
-# cores, and then benchmarks/gpu_check.py, on an offline GPU machine that has torch and lightning but not this
-# project's lighter dependencies. Two steps:
+# included), the attention kernels (benchmarks/attention.py --device cuda), the loader with its batches augmented on the
+# GPU (benchmarks/input_pipeline.py --device cuda), and then benchmarks/gpu_check.py, on an offline GPU machine that
+# has torch and lightning but not this project's lighter dependencies. Two steps:
 #
 #   # dev machine, after `python benchmarks/results.py --row vit_mnist` and `--row ddpm_mnist` (~50 min on 2 cores;
 #   # the table scores the ddpm_mnist row's checkpoint on the vit_mnist row's ViT, both under runs/results/):
@@ -79,8 +79,8 @@ run() {
   echo "=== attention kernels on the GPU (benchmarks/attention.py), at $(elapsed) s"
   timeout 150 python3 benchmarks/attention.py --device cuda --rounds 5 | tee "$out/attention.md"
   echo "exit $? at $(elapsed) s"
-  echo "=== input pipeline on this machine's CPU cores (benchmarks/input_pipeline.py), at $(elapsed) s"
-  timeout 120 python3 benchmarks/input_pipeline.py --seconds 3 --datasets MNIST CIFAR10 --configs vit_mnist vit_cifar10 \
+  echo "=== input pipeline: the loader, each batch augmented on the GPU (benchmarks/input_pipeline.py), at $(elapsed) s"
+  timeout 120 python3 benchmarks/input_pipeline.py --seconds 3 --datasets MNIST CIFAR10 --configs --device cuda \
     | tee "$out/input_pipeline.md"
   echo "exit $? at $(elapsed) s"
 

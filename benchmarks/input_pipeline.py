@@ -2,7 +2,8 @@
 
     python benchmarks/input_pipeline.py [--seconds 5] [--configs vit_mnist dcgan_celeba ...] [--utilisation 0.4]
 
-Two tables, with the CPU flags:
+Two tables, with the CPU flags (``--device cuda``: each batch goes to the GPU and is augmented there, as in a GPU
+run; ``--configs`` with no name: the first table only, as the GPU session runs it beside gpu_check.py's steps):
 
 1. **Loader**, per dataset and augmentation level: training images/s the loader delivers with 0 and 2 workers,
    iterated for ``--seconds`` after its first batch. ``basic`` is timed with its batched augmentation applied to
@@ -42,9 +43,10 @@ def build(config: str, *args: str):
                       "--data.init_args.verify_integrity=false", *args], run=False)
 
 
-def loader_images_per_second(data, seconds: float, per_image: bool = False) -> float:
-    """Training images/s of ``data``'s loader, its batched ``basic`` augmentation applied to each batch (or, with
-    ``per_image``, the same augmentation per image in the workers instead)."""
+def loader_images_per_second(data, seconds: float, per_image: bool = False, device: str = "cpu") -> float:
+    """Training images/s of ``data``'s loader, each batch moved to ``device`` and its batched ``basic`` augmentation
+    applied there, as a run does after the transfer (or, with ``per_image``, the same augmentation per image in the
+    workers instead)."""
     from torchvision.transforms import v2
 
     data.setup("fit")
@@ -62,7 +64,11 @@ def loader_images_per_second(data, seconds: float, per_image: bool = False) -> f
         except StopIteration:
             batches = iter(data.train_dataloader())
             continue
-        images += len(data.on_after_batch_transfer(batch, 0)[0])
+        images += len(data.on_after_batch_transfer([t.to(device, non_blocking=True) for t in batch], 0)[0])
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
     return images / (time.perf_counter() - start)
 
 
@@ -84,7 +90,8 @@ def step_images_per_second(config: str) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="how long each loader is iterated")
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS))
+    parser.add_argument("--configs", nargs="*", default=list(CONFIGS), help="none: the loader table only")
+    parser.add_argument("--device", default="cpu", help="where each batch goes and is augmented (cuda on a GPU)")
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--utilisation", type=float, default=0.4, help="of the H100's bf16 peak, for its consumption")
     args = parser.parse_args()
@@ -95,8 +102,10 @@ def main() -> None:
         for label, augment, per_image in LEVELS:
             rates = [loader_images_per_second(build(DATASETS[dataset], f"--data.init_args.augment={augment}",
                                                     f"--data.init_args.num_workers={workers}").datamodule,
-                                              args.seconds, per_image) for workers in (0, 2)]
+                                              args.seconds, per_image, args.device) for workers in (0, 2)]
             print(f"| {dataset} | {label} | {rates[0]:,.0f} | {rates[1]:,.0f} |", flush=True)
+    if not args.configs:
+        return
     print(f"\n| config | augmentation | loader images/s | step images/s (this CPU) | loader / step | GFLOP per image "
           f"| H100 images/s at {args.utilisation:.0%} of bf16 peak | loader / H100 |\n|---|---|---|---|---|---|---|---|")
     for config in args.configs:
