@@ -535,10 +535,13 @@ def budget_cell(row: Row, record: dict) -> str:
 
 
 def pretrained_command(name: str, record: dict) -> str:
-    """The command that tests the row's shipped weights the way the row was tested (its first seed)."""
+    """The command that tests the row's shipped weights the way the row was tested (its first seed). A row tested in
+    exact fp32 names it, so that a CPU where the precision rule picks bf16 gives the row's figure too; a bf16 row's
+    figure depends on the machine's bf16 kernels either way, and forcing bf16 where it is emulated costs ~20x."""
     row = ROWS[name]
+    exact = ["--trainer.precision=32-true"] if record["runs"][0].get("precision") == "32-true" else []
     args = ["--config", f"configs/{row.config}.yaml", f"--seed_everything={record['weights']['seed']}", *row.overrides,
-            "--ckpt_path=pretrained"]
+            *exact, "--ckpt_path=pretrained"]
     return "module14 test " + shlex.join(args)
 
 

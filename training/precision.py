@@ -8,8 +8,9 @@ The same command on the same machine always trains in the same precision, printe
   (``precision_on_bf16_cpu``, measured by ``benchmarks/precision.py`` for every config and kept only when
   ``bf16-mixed`` is clearly, ``MARGIN``, faster); a model that states nothing trains in exact ``32-true``.
   Measured on a 2-core AMD EPYC with AVX-512 BF16 (2026-12-07, ms per train step, fp32 / bf16-mixed): vit_mnist
-  55 / 108 and vit_cifar10 1296 / 1229 (so the ViT trains in 32-true); VAEs 1.17-1.51x, GANs 1.38-1.70x and the
-  ddpm_mnist U-Net faster in bf16-mixed.
+  60 / 42 and vit_cifar10 1496 / 802 since attention in bf16 takes the faster kernel (``networks/attention.py``;
+  before it, 55 / 108 and 1296 / 1229, and the ViT trained in 32-true); VAEs 1.17-1.51x, GANs 1.38-1.70x and the
+  ddpm_mnist U-Net faster in bf16-mixed: every family trains in bf16-mixed there.
 """
 
 from __future__ import annotations
