@@ -18,8 +18,8 @@ a global budget, ``--budget-s``, makes later settings "skipped: budget" rather t
 3. **sampling** time of 256 images with ``ddpm_cifar10``'s network (randomly initialised, bf16 autocast): DDIM-50,
    DPM-Solver (only if ``GaussianDiffusion`` has it) and ancestral DDPM over all T steps;
 4. **real fit**: ``module14 fit`` (or ``python cli.py fit`` when the console script is not installed) of
-   ``vit_cifar10`` for a few hundred steps on the packed subset, in a subprocess; exit code 0, and the checkpoint
-   loads back on CPU.
+   ``vit_cifar10`` for a few hundred steps on the packed subset held on the GPU (``data.on_device``), in a subprocess;
+   exit code 0, and the checkpoint loads back on CPU.
 
 Writes ``results.md`` and ``results.json`` into ``--out`` after every section (a partial run leaves partial results)
 and prints the tables at the end. Exit code 1 if anything failed (errors, non-finite values), else 0.
@@ -443,11 +443,11 @@ def real_fit_args(data_root: Path, args, accelerator: str) -> list[str]:
     fit = ["fit", "--config", str(ROOT / REAL_FIT_CONFIG), f"--trainer.accelerator={accelerator}", "--trainer.devices=1",
            f"--trainer.max_steps={args.fit_steps}", "--trainer.logger=CSVLogger",
            "--trainer.logger.init_args.save_dir=runs", f"--data.data_dir={data_root}",
-           "--data.verify_integrity=false", "--data.download=false"]
+           "--data.verify_integrity=false", "--data.download=false", "--data.on_device=true"]
     if args.cpu_smoke:
         return fit + ["--trainer.precision=32-true", *SMOKE_OVERRIDES["vit"], "--data.batch_size=8", "--data.val_size=8",
                       "--trainer.limit_val_batches=1", "--data.num_workers=0"]
-    return fit + ["--trainer.precision=bf16-mixed", "--data.val_size=500", "--data.num_workers=4"]
+    return fit + ["--trainer.precision=bf16-mixed", "--data.val_size=500"]
 
 
 def check_checkpoint_on_cpu(checkpoint: Path) -> dict:

@@ -5,10 +5,11 @@
 Two tables, with the CPU flags (``--device cuda``: each batch goes to the GPU and is augmented there, as in a GPU
 run; ``--configs`` with no name: the first table only, as the GPU session runs it beside gpu_check.py's steps):
 
-1. **Loader**, per dataset and augmentation level: training images/s the loader delivers with 0 and 2 workers,
-   iterated for ``--seconds`` after its first batch. ``basic`` is timed with its batched augmentation applied to
-   each batch as a run applies it after the transfer (on this CPU here); ``basic, per image`` is the same shift and
-   flip through torchvision one image at a time in the workers, as every run did before.
+1. **Loader**, per dataset and augmentation level: training images/s the loader delivers with 0 and 2 workers, and
+   with the split held on ``--device`` (``data.on_device``; on a CPU, the 0-worker loader again), iterated for
+   ``--seconds`` after its first batch. ``basic`` is timed with its batched augmentation applied to each batch as a
+   run applies it after the transfer (on this CPU here); ``basic, per image`` is the same shift and flip through
+   torchvision one image at a time in the workers, as every run did before.
 2. **Consumption**, per config: the training step's images/s on this CPU (eager, the config's precision rule), the
    loader's images/s at the config's workers over it (at least 10 leaves the model the machine), and the images/s
    an H100 would consume: the step's matmul/conv/attention FLOPs per image (``FlopCounterMode``, as
@@ -49,12 +50,14 @@ def loader_images_per_second(data, seconds: float, per_image: bool = False, devi
     workers instead)."""
     from torchvision.transforms import v2
 
+    import torch
+
+    data.trainer = SimpleNamespace(training=True, global_rank=0, strategy=SimpleNamespace(root_device=torch.device(device)))
     data.setup("fit")
     if per_image:  # the pipeline before issue 34: the shift and flip through torchvision, per image
         train = data.make_dataset(train=True, transform=v2.Compose(
             data.geometry_transforms() + data.basic_augmentation().per_image(data.image_size) + data._to_range()))
         data.train_set.dataset, data.augment = train, "none"
-    data.trainer = SimpleNamespace(training=True, global_rank=0)
     batches = iter(data.train_dataloader())
     next(batches)  # workers started
     images, start = 0, time.perf_counter()
@@ -66,8 +69,6 @@ def loader_images_per_second(data, seconds: float, per_image: bool = False, devi
             continue
         images += len(data.on_after_batch_transfer([t.to(device, non_blocking=True) for t in batch], 0)[0])
     if device.startswith("cuda"):
-        import torch
-
         torch.cuda.synchronize()
     return images / (time.perf_counter() - start)
 
@@ -97,13 +98,19 @@ def main() -> None:
     args = parser.parse_args()
     use_project_defaults()
     print(f"{machine_line()}\n")
-    print("| dataset | augmentation | images/s, 0 workers | images/s, 2 workers |\n|---|---|---|---|")
+    settings = ["--data.init_args.num_workers=0", "--data.init_args.num_workers=2", "--data.init_args.on_device=true"]
+    print(f"| dataset | augmentation | images/s, 0 workers | images/s, 2 workers | images/s, held on the {args.device} "
+          f"|\n|---|---|---|---|---|")
     for dataset in args.datasets:
         for label, augment, per_image in LEVELS:
-            rates = [loader_images_per_second(build(DATASETS[dataset], f"--data.init_args.augment={augment}",
-                                                    f"--data.init_args.num_workers={workers}").datamodule,
-                                              args.seconds, per_image, args.device) for workers in (0, 2)]
-            print(f"| {dataset} | {label} | {rates[0]:,.0f} | {rates[1]:,.0f} |", flush=True)
+            cells = []
+            for setting in settings:
+                if "on_device" in setting and (per_image or augment == "strong"):  # read an image at a time
+                    cells.append("–")
+                    continue
+                data = build(DATASETS[dataset], f"--data.init_args.augment={augment}", setting).datamodule
+                cells.append(f"{loader_images_per_second(data, args.seconds, per_image, args.device):,.0f}")
+            print(f"| {dataset} | {label} | {' | '.join(cells)} |", flush=True)
     if not args.configs:
         return
     print(f"\n| config | augmentation | loader images/s | step images/s (this CPU) | loader / step | GFLOP per image "

@@ -147,7 +147,7 @@ def test_in_memory_splits_serve_exactly_the_per_item_pil_images(data_dir, make):
         assert isinstance(in_memory, InMemoryImages)
         pil = dm.make_dataset(train=train, transform=dm.eval_transform())
         indices = dataset.indices[:64] if split != "test" else list(range(64))
-        for (x, y), i in zip(dataset.__getitems__(list(range(64))), indices):
+        for x, y, i in zip(*dataset.__getitems__(list(range(64))), indices):
             x_pil, y_pil = pil[i]
             assert torch.equal(x, x_pil) and x.dtype == x_pil.dtype == torch.float32
             assert torch.equal(torch.as_tensor(y), torch.as_tensor(y_pil))
@@ -164,6 +164,63 @@ def test_strong_augmentation_keeps_the_per_item_pil_path(data_dir):
     assert not isinstance(dm.train_set.dataset, InMemoryImages)
     assert [type(t).__name__ for t in dm.train_transform().transforms][:2] == ["RandomCrop", "TrivialAugmentWide"]
     assert isinstance(dm.val_set.dataset, InMemoryImages)
+
+
+def on_trainer(dm, device: str):
+    """``dm`` as a trainer on ``device`` holds it (what Lightning sets before ``setup``)."""
+    from types import SimpleNamespace
+
+    dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)), training=True,
+                                 global_rank=0)
+    return dm
+
+
+def test_on_device_holds_the_splits_on_the_trainers_device_and_loads_in_process(data_dir):
+    """``data.on_device``: one tensor per split on the trainer's device (``meta`` stands in for a GPU here), the
+    training and validation splits sharing it, batches indexed there, and no workers whatever ``num_workers`` says."""
+    dm = on_trainer(MNISTDataModule(data_dir=str(data_dir), image_size=32, augment="basic", num_workers=2,
+                                    persistent_workers=True, pin_memory=True, on_device=True), "meta")
+    dm.setup("fit")
+    dm.setup("test")
+    assert dm.val_set.dataset is dm.train_set.dataset and dm.train_set.dataset.images.device.type == "meta"
+    for split in ("train", "val", "test", "predict"):
+        loader = getattr(dm, f"{split}_dataloader")()
+        assert (loader.num_workers, loader.pin_memory) == (0, False)
+        x, y = next(iter(loader))
+        assert (x.device.type, y.device.type, x.shape, x.dtype) == ("meta", "meta", (128, 1, 32, 32), torch.float32)
+
+
+def test_on_device_serves_the_batches_of_the_host_loader_and_resumes_mid_epoch(data_dir):
+    """On the trainer's device (this CPU) the same images, labels and order as the in-memory host loader; a loader
+    restored from the position after two batches serves the third."""
+    def made(**on_device) -> MNISTDataModule:
+        dm = on_trainer(MNISTDataModule(data_dir=str(data_dir), val_size=100, batch_size=500, num_workers=0,
+                                        **on_device), "cpu")
+        dm.setup("fit")
+        torch.manual_seed(0)  # the training loader's shuffle
+        return dm
+
+    host = made()
+    host_batches = [*zip(range(3), host.train_dataloader())], next(iter(host.val_dataloader()))
+    dm = made(on_device=True)
+    loader = dm.train_dataloader()
+    batches = iter(loader)
+    first, second = next(batches), next(batches)
+    restored = dm.train_dataloader()
+    restored.load_state_dict(loader.state_dict())
+    third = next(iter(restored))
+    for (x, y), (x_host, y_host) in zip([first, second, third, next(iter(dm.val_dataloader()))],
+                                        [b for _, b in host_batches[0]] + [host_batches[1]]):
+        assert torch.equal(x, x_host) and torch.equal(y, y_host)
+
+
+@pytest.mark.parametrize("settings, why", [({"augment": "strong"}, "augment: strong transforms each image"),
+                                           ({"image_size": 29}, "image_size=29 resizes each image")])
+def test_on_device_refuses_a_split_read_an_image_at_a_time(data_dir, settings, why):
+    dm = on_trainer(MNISTDataModule(data_dir=str(data_dir), on_device=True, **settings), "cpu")
+    with pytest.raises(ValueError, match=f"data.on_device=true holds each split as one tensor on the device, but "
+                                         f"MNIST's training split is read an image at a time: {why}"):
+        dm.setup("fit")
 
 
 @pytest.mark.parametrize("pin_memory", [False, True])
