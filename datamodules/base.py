@@ -87,19 +87,19 @@ class InMemoryImages(Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int | Tensor]:
-        images, labels = self.__getitems__([index])
-        return images[0], labels[0].item() if labels.dim() == 1 else labels[0]
+        image, label = self.__getitems__([index])[0]
+        return image, label.item() if label.dim() == 0 else label
 
-    def __getitems__(self, indices: list[int]) -> list[Tensor]:
-        """The DataLoader's batched fetch (``Subset`` passes it through): the batch already stacked, [images (B, C,
-        H, W), labels (B,) classes or (B, K) attributes], as the default collate would have made it of the items."""
-        index = torch.as_tensor(indices, device=self.images.device)
-        return [self.transform(self.images[index]).as_subclass(Tensor), self.labels[index]]
-
-
-def stacked(batch: list[Tensor]) -> list[Tensor]:
-    """The collate of a split served from memory: ``InMemoryImages.__getitems__`` returns the batch stacked."""
-    return batch
+    def __getitems__(self, indices: list[int]) -> list[tuple[Tensor, Tensor]]:
+        """The DataLoader's batched fetch (``Subset`` passes it through): (image, label) items for the collate, views
+        of one indexed and transformed batch. On a GPU nothing here waits for the queued training step: the index
+        goes over from pinned memory and the labels stay tensors (a ``.tolist()`` would wait)."""
+        index = torch.as_tensor(indices)
+        if self.images.is_cuda:
+            index = index.pin_memory()
+        index = index.to(self.images.device, non_blocking=True)
+        images = self.transform(self.images[index]).as_subclass(Tensor)
+        return list(zip(images, self.labels[index]))  # labels (B,) classes or (B, K) attributes
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -436,7 +436,6 @@ class ImageDataModule(L.LightningDataModule):
             raise RuntimeError("call setup() before asking for a dataloader")
         loader_class = StatefulDataLoader if shuffle else DataLoader
         sampler = self._distributed_shuffle(dataset) if shuffle else None
-        in_memory = isinstance(getattr(dataset, "dataset", dataset), InMemoryImages)
         workers = 0 if self.on_device else self.num_workers  # on the device a batch is one indexing: no worker helps
         return loader_class(
             dataset,
@@ -444,7 +443,6 @@ class ImageDataModule(L.LightningDataModule):
             shuffle=shuffle if sampler is None else None,
             sampler=sampler,
             num_workers=workers,
-            collate_fn=stacked if in_memory else None,
             pin_memory=self.pin_memory and not self.on_device,
             persistent_workers=self.persistent_workers and workers > 0,
             drop_last=False,

@@ -147,7 +147,7 @@ def test_in_memory_splits_serve_exactly_the_per_item_pil_images(data_dir, make):
         assert isinstance(in_memory, InMemoryImages)
         pil = dm.make_dataset(train=train, transform=dm.eval_transform())
         indices = dataset.indices[:64] if split != "test" else list(range(64))
-        for x, y, i in zip(*dataset.__getitems__(list(range(64))), indices):
+        for (x, y), i in zip(dataset.__getitems__(list(range(64))), indices):
             x_pil, y_pil = pil[i]
             assert torch.equal(x, x_pil) and x.dtype == x_pil.dtype == torch.float32
             assert torch.equal(torch.as_tensor(y), torch.as_tensor(y_pil))

@@ -362,3 +362,15 @@ def test_a_table_from_before_the_ruler_names_it_only_when_the_ruler_gives_its_fl
     assert checked["features"] == (results.feature_network() if same else "the old ViT")
     text = " ".join(results.sampler_section({**checked, "runs": [run("ddpm")]}))
     assert ("these FIDs are on the ruler" in text) is same and ("not on the shipped ruler" in text) is not same
+
+
+@pytest.mark.parametrize("fit, test, exact", [("32-true", None, True), ("bf16-mixed", "32-true", True),
+                                              ("bf16-mixed", "bf16-mixed", False), ("bf16-mixed", None, False)])
+def test_the_shipped_weights_command_names_fp32_where_the_row_was_tested_in_it(results, fit, test, exact):
+    """A row tested in exact fp32 (``test_precision``; before it was recorded, the fit's) prints a command that gives
+    its figure on every CPU; a bf16-tested row leaves the precision to the machine's rule."""
+    run = {**run_record(0, 99.0), "precision": fit} | ({"test_precision": test} if test else {})
+    record = {**vae_record(results), "runs": [run], "weights": {"seed": 0}}
+    command = results.pretrained_command("vae_mnist", record)
+    assert ("--trainer.precision=32-true" in command) == exact
+    assert command.startswith("module14 test --config configs/vae_mnist.yaml --seed_everything=0")
