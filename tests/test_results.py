@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -374,3 +375,13 @@ def test_the_shipped_weights_command_names_fp32_where_the_row_was_tested_in_it(r
     command = results.pretrained_command("vae_mnist", record)
     assert ("--trainer.precision=32-true" in command) == exact
     assert command.startswith("module14 test --config configs/vae_mnist.yaml --seed_everything=0")
+
+
+def test_every_figure_the_readme_quotes_is_in_results_md():
+    """The README's headline figures are read off RESULTS.md, so a re-measured row cannot leave them stale."""
+    readme = (ROOT / "README.md").read_text()
+    quoted = re.search(r"On a 2-core CPU: (.*?)\n\n", readme, flags=re.DOTALL).group(1)
+    figures = re.findall(r"\d+\.\d+", quoted)
+    assert len(figures) >= 4, quoted
+    table = (ROOT / "RESULTS.md").read_text()
+    assert [f for f in figures if not re.search(rf"(?<![\d.]){re.escape(f)}(?![\d])", table)] == []
