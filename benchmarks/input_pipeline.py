@@ -48,11 +48,11 @@ def loader_images_per_second(data, seconds: float, per_image: bool = False, devi
     """Training images/s of ``data``'s loader, each batch moved to ``device`` and its batched ``basic`` augmentation
     applied there, as a run does after the transfer (or, with ``per_image``, the same augmentation per image in the
     workers instead)."""
+    import torch
     from torchvision.transforms import v2
 
-    import torch
-
-    data.trainer = SimpleNamespace(training=True, global_rank=0, strategy=SimpleNamespace(root_device=torch.device(device)))
+    data.trainer = SimpleNamespace(training=True, global_rank=0,
+                                   strategy=SimpleNamespace(root_device=torch.device(device)))
     data.setup("fit")
     if per_image:  # the pipeline before issue 34: the shift and flip through torchvision, per image
         train = data.make_dataset(train=True, transform=v2.Compose(
