@@ -32,8 +32,9 @@ def test_vit_ddp_ranks_agree_metrics_reduce_predictions_once_and_checkpoint_resu
     (checkpoint,) = tmp_path.glob("runs/lightning_logs/version_0/checkpoints/last.ckpt")
     assert_same_weights(torch.load(checkpoint, weights_only=True)["state_dict"], rank0["state"])
 
-    # validation under DDP equals a single process on the same data
-    launch_ddp(tmp_path, "validate", *config, *DDP, f"--ckpt_path={checkpoint}",
+    # validation under DDP, each rank holding the data on its device (data.on_device), equals a single process on the
+    # same data from the host loader
+    launch_ddp(tmp_path, "validate", *config, *DDP, "--data.on_device=true", f"--ckpt_path={checkpoint}",
                *record_rank_state(tmp_path / "ddp_val"))
     launch_ddp(tmp_path, "validate", *config, "--trainer.accelerator=cpu", "--trainer.devices=1",
                "--trainer.precision=32-true", f"--ckpt_path={checkpoint}", *record_rank_state(tmp_path / "single_val"))
