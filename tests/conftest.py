@@ -192,6 +192,16 @@ def unit_loader(module, n: int = 16, batch_size: int = 8):
     return DataLoader(TensorDataset(x, torch.zeros(n, dtype=torch.long)), batch_size=batch_size)
 
 
+def on_trainer(data: L.LightningDataModule, training: bool = True, rank: int = 0, device: str = "cpu"):
+    """``data`` as a trainer holds it, without one: what its hooks read (``training``, ``global_rank``, the
+    strategy's ``root_device``, set before ``setup``)."""
+    from types import SimpleNamespace
+
+    data.trainer = SimpleNamespace(training=training, global_rank=rank,
+                                   strategy=SimpleNamespace(root_device=torch.device(device)))
+    return data
+
+
 def cpu_trainer(**kwargs) -> L.Trainer:
     """A quiet one-process CPU ``Trainer`` (no logger, checkpoints, progress bar or model summary); ``kwargs`` win."""
     defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,

@@ -4,10 +4,9 @@ the same draws after a resume."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
+from conftest import on_trainer
 from torchvision.transforms import v2
 
 from datamodules import CIFAR10DataModule, MNISTDataModule
@@ -72,11 +71,6 @@ def test_the_check_tells_an_off_by_one_shift_apart():
     assert chi_square(counts, exact_law(2, flip=False)) > limit(exact_law(2, flip=False))
 
 
-def module_at(data, training: bool, rank: int = 0):
-    data.trainer = SimpleNamespace(training=training, global_rank=rank)
-    return data
-
-
 @pytest.fixture
 def mnist(data_dir):
     data = MNISTDataModule(data_dir=str(data_dir), augment="basic", normalization="mean_std", batch_size=64,
@@ -89,15 +83,15 @@ def test_basic_augments_training_batches_only_and_serves_them_from_memory(mnist,
     monkeypatch.setenv("PL_GLOBAL_SEED", "7")
     assert isinstance(mnist.train_set.dataset, InMemoryImages)  # no per-image PIL pipeline for basic any more
     images, labels = next(iter(mnist.train_dataloader()))
-    for training in (False, None):  # validation, test, predict (trainer.training False), or no trainer
-        mnist.trainer = None if training is None else SimpleNamespace(training=False, global_rank=0)
-        same = mnist.on_after_batch_transfer((images, labels), 0)
-        assert same[0] is images
+    on_trainer(mnist, training=False)  # validation, test, predict (trainer.training False)
+    assert mnist.on_after_batch_transfer((images, labels), 0)[0] is images
+    mnist.trainer = None  # no trainer
+    assert mnist.on_after_batch_transfer((images, labels), 0)[0] is images
     assert mnist.augmented_batches == 0
     example = torch.zeros(2, 1, 32, 32)  # what the model summary sends through the hook at the start of fit
-    assert module_at(mnist, training=True).on_after_batch_transfer(example, 0) is example
+    assert on_trainer(mnist, training=True).on_after_batch_transfer(example, 0) is example
     assert mnist.augmented_batches == 0
-    augmented, kept = module_at(mnist, training=True).on_after_batch_transfer((images, labels), 0)
+    augmented, kept = on_trainer(mnist, training=True).on_after_batch_transfer((images, labels), 0)
     assert kept is labels and augmented.shape == images.shape and not torch.equal(augmented, images)
     assert mnist.augmented_batches == 1 and mnist.state_dict() == {"augmented_batches": 1}
     black = -0.1307 / 0.3081  # a black pixel standardised: what RandomCrop's padding is served as
@@ -107,12 +101,12 @@ def test_basic_augments_training_batches_only_and_serves_them_from_memory(mnist,
 def test_ranks_draw_differently_and_a_resumed_run_draws_as_the_uninterrupted_one(mnist, monkeypatch):
     monkeypatch.setenv("PL_GLOBAL_SEED", "7")
     images, labels = next(iter(mnist.train_dataloader()))
-    draws = [module_at(mnist, True, rank=0).on_after_batch_transfer([images, labels], 0)[0] for _ in range(3)]
+    draws = [on_trainer(mnist, True, rank=0).on_after_batch_transfer([images, labels], 0)[0] for _ in range(3)]
     state = {"augmented_batches": 2}
     mnist.load_state_dict(state)  # a run resumed after two batches
-    assert torch.equal(module_at(mnist, True).on_after_batch_transfer([images, labels], 0)[0], draws[2])
+    assert torch.equal(on_trainer(mnist, True).on_after_batch_transfer([images, labels], 0)[0], draws[2])
     mnist.load_state_dict({"augmented_batches": 0})
-    other_rank = module_at(mnist, True, rank=1).on_after_batch_transfer([images, labels], 0)[0]
+    other_rank = on_trainer(mnist, True, rank=1).on_after_batch_transfer([images, labels], 0)[0]
     assert not torch.equal(other_rank, draws[0])
 
 

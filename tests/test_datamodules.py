@@ -4,6 +4,7 @@ import urllib.error
 
 import pytest
 import torch
+from conftest import on_trainer
 
 from datamodules import (
     CelebADataModule,
@@ -166,20 +167,11 @@ def test_strong_augmentation_keeps_the_per_item_pil_path(data_dir):
     assert isinstance(dm.val_set.dataset, InMemoryImages)
 
 
-def on_trainer(dm, device: str):
-    """``dm`` as a trainer on ``device`` holds it (what Lightning sets before ``setup``)."""
-    from types import SimpleNamespace
-
-    dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)), training=True,
-                                 global_rank=0)
-    return dm
-
-
 def test_on_device_holds_the_splits_on_the_trainers_device_and_loads_in_process(data_dir):
     """``data.on_device``: one tensor per split on the trainer's device (``meta`` stands in for a GPU here), the
     training and validation splits sharing it, batches indexed there, and no workers whatever ``num_workers`` says."""
     dm = on_trainer(MNISTDataModule(data_dir=str(data_dir), image_size=32, augment="basic", num_workers=2,
-                                    persistent_workers=True, pin_memory=True, on_device=True), "meta")
+                                    persistent_workers=True, pin_memory=True, on_device=True), device="meta")
     dm.setup("fit")
     dm.setup("test")
     assert dm.val_set.dataset is dm.train_set.dataset and dm.train_set.dataset.images.device.type == "meta"
@@ -195,7 +187,7 @@ def test_on_device_serves_the_batches_of_the_host_loader_and_resumes_mid_epoch(d
     restored from the position after two batches serves the third."""
     def made(**on_device) -> MNISTDataModule:
         dm = on_trainer(MNISTDataModule(data_dir=str(data_dir), val_size=100, batch_size=500, num_workers=0,
-                                        **on_device), "cpu")
+                                        **on_device), device="cpu")
         dm.setup("fit")
         torch.manual_seed(0)  # the training loader's shuffle
         return dm
@@ -217,7 +209,7 @@ def test_on_device_serves_the_batches_of_the_host_loader_and_resumes_mid_epoch(d
 @pytest.mark.parametrize("settings, why", [({"augment": "strong"}, "augment: strong transforms each image"),
                                            ({"image_size": 29}, "image_size=29 resizes each image")])
 def test_on_device_refuses_a_split_read_an_image_at_a_time(data_dir, settings, why):
-    dm = on_trainer(MNISTDataModule(data_dir=str(data_dir), on_device=True, **settings), "cpu")
+    dm = on_trainer(MNISTDataModule(data_dir=str(data_dir), on_device=True, **settings), device="cpu")
     with pytest.raises(ValueError, match=f"data.on_device=true holds each split as one tensor on the device, but "
                                          f"MNIST's training split is read an image at a time: {why}"):
         dm.setup("fit")
