@@ -171,6 +171,9 @@ def usage_error(message: str, parser: ParserBeforeValidation) -> str:
         accepted = [f"{option}.{name}" for name in init_parameters(cls)]
         names = ", ".join(_with_nearest(f"{option}.{name}", accepted) for name in not_accepted)
         return f"{names}: {cls.__name__} takes no such argument"
+    nested = re.search(r"given class_path '[^']+':\s*Parser key \"([^\"]+)\":\s*(.+?)\. Got value: (.*)", message)
+    if class_path and nested:  # a value of the class's own argument: name that argument, not the whole section
+        return f"{option}.{nested[1]}={nested[3].strip()}: {_plain_reason(nested[2])}"
     reasons = [line[2:] for line in lines if line.startswith("- ") and "NoneType" not in line]
     given = next((line.removeprefix("Given value:").strip() for line in lines if line.startswith("Given value:")), None)
     what = "; ".join(dict.fromkeys(_plain_reason(reason) for reason in reasons)) or lines[-1]
@@ -178,7 +181,9 @@ def usage_error(message: str, parser: ParserBeforeValidation) -> str:
 
 
 def _plain_reason(reason: str) -> str:
-    """``Expected a <class 'int'>`` -> ``expected int``."""
+    """``Expected a <class 'int'>`` -> ``expected int``; ``Expected a typing.Literal['a', 'b']`` -> ``expected one of
+    'a', 'b'``."""
+    reason = re.sub(r"Expected a typing\.Literal\[(.*)\]", r"expected one of \1", reason)
     return re.sub(r"Expected a <class '([\w.]+)'>", r"expected \1", reason)
 
 

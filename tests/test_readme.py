@@ -67,7 +67,8 @@ def test_flags_are_exact_and_a_usage_error_is_one_line_naming_the_nearest_option
     for typed, says in (("--trainer.max_epoch=3", "unknown option --trainer.max_epoch (did you mean --trainer.max_epochs?)"),
                         ("--model.embed_dimm=64", "--model.embed_dimm (did you mean --model.embed_dim?): ViTClassifier takes "
                                                   "no such argument"),
-                        ("--trainer.max_epochs=abc", "--trainer.max_epochs=abc: expected int")):
+                        ("--trainer.max_epochs=abc", "--trainer.max_epochs=abc: expected int"),
+                        ("--data.init_args.augment=wild", "--data.augment=wild: expected one of 'none', 'basic', 'strong'")):
         done = shell(f"module14 fit --config {config} {typed}", tmp_path)
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 2 and len(lines) == 1, done.stderr
